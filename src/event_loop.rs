@@ -1,0 +1,855 @@
+//! `oxio._oxio.Loop`: scheduling and dispatch.
+//!
+//! The loop keeps to one job: collect what is ready (due timers, ready descriptors,
+//! callbacks from other threads) and run it, one pass per iteration, exactly as
+//! asyncio's `BaseEventLoop._run_once` orders things. Cold machinery lives elsewhere:
+//! error reporting in `errors`, descriptor watches in `fd_watch`, the executor bridge in
+//! `executor`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use oxio_core::{clock, Cancellable, Poller, ReadyQueue, Readiness, TimerHeap, Waker, MAXIMUM_POLL_TIMEOUT};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::callback_check::{check_callback, CodeFlagsCache};
+use crate::errors;
+use crate::executor;
+use crate::fd_watch::{fileobj_to_fd, FdWatches, Side};
+use crate::gil_cell::GilCell;
+use crate::handle::{Handle, TimerHandle};
+use crate::py_refs;
+
+const WAKER_TOKEN: usize = usize::MAX;
+
+/// A heap entry: the timer's handle. Its cancellation flag is the handle's.
+struct Timer(Py<Handle>);
+
+impl Cancellable for Timer {
+    #[inline]
+    fn is_cancelled(&self) -> bool {
+        self.0.get().is_cancelled()
+    }
+}
+
+struct Scheduler {
+    ready: ReadyQueue<Py<Handle>>,
+    timers: TimerHeap<Timer>,
+}
+
+/// Python-level state read on cold paths only.
+#[derive(Default)]
+pub(crate) struct PyState {
+    pub exception_handler: Option<Py<PyAny>>,
+    pub task_factory: Option<Py<PyAny>>,
+    pub default_executor: Option<Py<PyAny>>,
+    pub executor_shutdown_called: bool,
+    pub asyncgens: Option<Py<PyAny>>,
+    pub asyncgens_shutdown_called: bool,
+    pub current_handle: Option<Py<Handle>>,
+}
+
+/// The event loop. `oxio.Loop` is this class with `asyncio.AbstractEventLoop` mixed in.
+#[pyclass(frozen, subclass, module = "oxio._oxio", name = "Loop")]
+pub struct Loop {
+    sched: GilCell<Scheduler>,
+    watches: GilCell<Option<FdWatches>>,
+    poller: GilCell<Option<Poller>>,
+    events: GilCell<Vec<Readiness>>,
+    waker: GilCell<Option<Waker>>,
+    pub(crate) state: GilCell<PyState>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop; 0 when not running.
+    thread_id: AtomicU64,
+    resolution: f64,
+    code_cache: CodeFlagsCache,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+fn os_error(e: std::io::Error) -> PyErr {
+    PyErr::from(e)
+}
+
+#[inline]
+fn current_thread_ident() -> u64 {
+    // SAFETY: PyThread_get_thread_ident has no preconditions; it is what
+    // threading.get_ident() returns.
+    unsafe { ffi::PyThread_get_thread_ident() as u64 }
+}
+
+impl Loop {
+    #[inline]
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    fn check_thread(&self) -> PyResult<()> {
+        let tid = self.thread_id.load(Ordering::Relaxed);
+        if tid != 0 && tid != current_thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn note_timer_cancelled(&self, py: Python<'_>) {
+        self.sched.with(py, |s| s.timers.note_cancelled());
+    }
+
+    pub(crate) fn exception_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .with(py, |s| s.exception_handler.as_ref().map(|h| h.clone_ref(py)))
+    }
+
+    pub(crate) fn current_handle_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let h = self
+            .state
+            .with(py, |s| s.current_handle.as_ref().map(|h| h.clone_ref(py)))?;
+        h.get().source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    fn wake(&self, py: Python<'_>) {
+        let waker = self.waker.with(py, |w| w.clone());
+        if let Some(w) = waker {
+            let _ = w.wake();
+        }
+    }
+
+    /// Builds a handle after asyncio's checks (closed loop, thread in debug mode, callback).
+    fn make_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let debug = this.is_debug();
+        if debug && check_thread {
+            this.check_thread()?;
+        }
+        check_callback(&this.code_cache, callback, method, debug)?;
+        let context = match context {
+            Some(c) if !c.is_none() => c.unbind(),
+            // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
+            // exception set; from_owned_ptr_or_err takes ownership of it.
+            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind(),
+        };
+        let source_traceback = if debug {
+            Some(py_refs::extract_stack(py)?.call1((py_refs::getframe(py)?.call1((0,))?,))?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle::new(slf.clone().unbind(), callback.clone().unbind(), args.unbind(), context, source_traceback))
+    }
+
+    fn schedule_timer<'py>(slf: &Bound<'py, Self>, when: f64, mut handle: Handle) -> PyResult<Bound<'py, TimerHandle>> {
+        let py = slf.py();
+        handle.when = when;
+        handle.scheduled = AtomicBool::new(true);
+        let timer = Bound::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle))?;
+        let as_handle: Py<Handle> = timer.as_super().clone().unbind();
+        // A NaN time compares with nothing; asyncio ends up running such a timer at once,
+        // so it is keyed as due now instead of being allowed to disorder the heap.
+        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        slf.get().sched.with(py, |s| s.timers.push(key, Timer(as_handle)));
+        Ok(timer)
+    }
+
+    /// Runs one iteration, as asyncio's `_run_once`.
+    fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        py.check_signals()?;
+
+        // Timer housekeeping: drop cancelled entries from the top, compact if needed.
+        let (garbage, has_ready, next_when) = this.sched.with(py, |s| {
+            let mut garbage = Vec::new();
+            if s.timers.wants_compaction() {
+                s.timers.compact(&mut garbage);
+            }
+            while let Some(t) = s.timers.pop_cancelled_head() {
+                garbage.push(t);
+            }
+            (garbage, !s.ready.is_empty(), s.timers.next_when())
+        });
+        for t in &garbage {
+            t.0.get().scheduled.store(false, Ordering::Relaxed);
+        }
+        drop(garbage);
+
+        let timeout = if has_ready || this.stopping.load(Ordering::Relaxed) {
+            Some(Duration::ZERO)
+        } else {
+            next_when.map(|when| {
+                let secs = (when - clock::monotonic()).clamp(0.0, MAXIMUM_POLL_TIMEOUT);
+                Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs })
+            })
+        };
+        this.poll(py, timeout)?;
+
+        // Due timers join the ready queue.
+        let end = clock::monotonic() + this.resolution;
+        let cancelled = this.sched.with(py, |s| {
+            let mut cancelled = Vec::new();
+            while let Some(t) = s.timers.pop_due(end) {
+                let h = t.0;
+                h.get().scheduled.store(false, Ordering::Relaxed);
+                if h.get().is_cancelled() {
+                    cancelled.push(h);
+                } else {
+                    s.ready.push(h);
+                }
+            }
+            cancelled
+        });
+        drop(cancelled);
+
+        let result = Self::run_ready(slf);
+        this.watches.with(py, |w| {
+            if let Some(w) = w {
+                w.rearm_fired();
+            }
+        });
+        result
+    }
+
+    /// Polls for I/O and queues the handles of ready descriptors.
+    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let nothing_watched = self.watches.with(py, |w| w.as_ref().is_none_or(|w| w.is_empty()));
+        let wake_pending = self.waker.with(py, |w| w.as_ref().is_some_and(|w| w.is_pending()));
+        if timeout == Some(Duration::ZERO) && nothing_watched && !wake_pending {
+            // Nothing could be ready: skip the syscall.
+            return Ok(());
+        }
+        let polled = self.poller.with(py, |poller| -> std::io::Result<()> {
+            let Some(poller) = poller else { return Ok(()) };
+            let result = if timeout == Some(Duration::ZERO) {
+                poller.poll(timeout)
+            } else {
+                py.detach(|| poller.poll(timeout))
+            };
+            result?;
+            self.events.with(py, |buf| {
+                buf.clear();
+                buf.extend(poller.events());
+            });
+            Ok(())
+        });
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                py.check_signals()?;
+                return Ok(());
+            }
+            Err(e) => return Err(os_error(e)),
+        }
+        let events = self.events.with(py, std::mem::take);
+        let mut woken = false;
+        self.sched.with(py, |s| {
+            self.watches.with(py, |w| {
+                for ev in events.iter() {
+                    if ev.token == WAKER_TOKEN {
+                        woken = true;
+                    } else if let Some(w) = w {
+                        w.dispatch(py, *ev, &mut s.ready);
+                    }
+                }
+            })
+        });
+        self.events.with(py, |buf| *buf = events);
+        if woken {
+            self.waker.with(py, |w| {
+                if let Some(w) = w {
+                    w.reset();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the callbacks that were ready when the pass began.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let n = this.sched.with(py, |s| s.ready.begin_pass());
+        for _ in 0..n {
+            let Some(handle) = this.sched.with(py, |s| s.ready.pop()) else {
+                break;
+            };
+            let h = handle.get();
+            if h.is_cancelled() {
+                continue;
+            }
+            if this.is_debug() {
+                Self::run_handle_debug(slf, &handle)?;
+            } else if let Err(e) = h.invoke(py) {
+                if errors::is_exit_exception(py, &e) {
+                    return Err(e);
+                }
+                errors::report_callback_error(slf, handle.bind(py).as_any(), h, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Py<Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let prev = this.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
+        drop(prev);
+        let t0 = clock::monotonic();
+        let result = handle.get().invoke(py);
+        let dt = clock::monotonic() - t0;
+        let cur = this.state.with(py, |s| s.current_handle.take());
+        drop(cur);
+        if let Err(e) = result {
+            if errors::is_exit_exception(py, &e) {
+                return Err(e);
+            }
+            errors::report_callback_error(slf, handle.bind(py).as_any(), handle.get(), e)?;
+        }
+        let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+        if dt >= slow {
+            py_refs::logger(py)?.call_method1(
+                "warning",
+                ("Executing %s took %.3f seconds", handle.bind(py), dt),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn check_running(&self, py: Python<'_>) -> PyResult<()> {
+        if self.thread_id.load(Ordering::Relaxed) != 0 {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        if !py_refs::get_running_loop(py)?.call0()?.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "Cannot run the event loop while another loop is running",
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_coroutine_origin_tracking(py: Python<'_>, enabled: bool) -> PyResult<()> {
+        // asyncio's debug mode records where coroutines were created.
+        let depth = if enabled { 20 } else { 0 };
+        py_refs::set_coro_tracking_depth(py)?.call1((depth,))?;
+        Ok(())
+    }
+
+    fn watch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        let py = slf.py();
+        let method = if side == Side::Read { "add_reader" } else { "add_writer" };
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, Self::make_handle(slf, callback, args, None, method, true)?)?;
+        let replaced = slf.get().watches.with(py, |w| match w {
+            Some(w) => w.set(fd, side, handle).map_err(os_error),
+            None => Err(closed_error()),
+        })?;
+        if let Some(old) = replaced {
+            old.get().do_cancel(py);
+        }
+        Ok(())
+    }
+
+    fn unwatch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        if slf.get().closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let removed = slf.get().watches.with(py, |w| w.as_mut().and_then(|w| w.remove(fd, side)));
+        Ok(match removed {
+            Some(h) => {
+                h.get().do_cancel(py);
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+#[pyfunction]
+fn _run_until_complete_cb(fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = fut.py();
+    if !fut.call_method0("cancelled")?.is_truthy()? {
+        let exc = fut.call_method0("exception")?;
+        if exc.is_instance_of::<pyo3::exceptions::PySystemExit>()
+            || exc.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>()
+        {
+            // Let the exception propagate out of run_forever without stopping first.
+            return Ok(());
+        }
+    }
+    py_refs::future_get_loop(py)?.call1((fut,))?.call_method0("stop")?;
+    Ok(())
+}
+
+fn run_until_complete_cb(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(wrap_pyfunction!(_run_until_complete_cb, py)?.into_any())
+}
+
+#[pymethods]
+impl Loop {
+    #[new]
+    fn new(py: Python<'_>) -> PyResult<Self> {
+        let poller = Poller::new(1024).map_err(os_error)?;
+        let registrar = poller.registrar().map_err(os_error)?;
+        let waker = Waker::new(poller.mio_registry(), WAKER_TOKEN).map_err(os_error)?;
+        let debug = py_refs::is_debug_mode(py)?.call0()?.is_truthy()?;
+        Ok(Loop {
+            sched: GilCell::new(Scheduler {
+                ready: ReadyQueue::new(),
+                timers: TimerHeap::new(),
+            }),
+            watches: GilCell::new(Some(FdWatches::new(registrar))),
+            poller: GilCell::new(Some(poller)),
+            events: GilCell::new(Vec::with_capacity(1024)),
+            waker: GilCell::new(Some(waker)),
+            state: GilCell::new(PyState::default()),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(debug),
+            thread_id: AtomicU64::new(0),
+            resolution: clock::resolution(),
+            code_cache: CodeFlagsCache::new(),
+        })
+    }
+
+    // ---- scheduling -------------------------------------------------------------
+
+    /// Arrange for `callback(*args)` to be called in the next iteration.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(py, Self::make_handle(slf, callback, args, context, "call_soon", true)?)?;
+        let queued = handle.clone().unbind();
+        slf.get().sched.with(py, |s| s.ready.push(queued));
+        Ok(handle)
+    }
+
+    /// Like `call_soon`, but safe to call from another thread: wakes the loop.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
+        )?;
+        let queued = handle.clone().unbind();
+        let this = slf.get();
+        this.sched.with(py, |s| s.ready.push(queued));
+        this.wake(py);
+        Ok(handle)
+    }
+
+    /// Arrange for `callback(*args)` to be called after `delay` seconds.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        slf: &Bound<'py, Self>,
+        delay: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        let handle = Self::make_handle(slf, callback, args, context, "call_later", true)?;
+        Self::schedule_timer(slf, clock::monotonic() + delay, handle)
+    }
+
+    /// Arrange for `callback(*args)` to be called at loop time `when`.
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
+        Self::schedule_timer(slf, when, handle)
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    // ---- lifecycle ----------------------------------------------------------------
+
+    /// Run until `stop()` is called.
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        this.check_running(py)?;
+        Self::set_coroutine_origin_tracking(py, this.is_debug())?;
+        let old_hooks = py_refs::get_asyncgen_hooks(py)?.call0()?;
+        this.thread_id.store(current_thread_ident(), Ordering::Relaxed);
+        let result = (|| -> PyResult<()> {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
+            kwargs.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
+            py_refs::set_asyncgen_hooks(py)?.call((), Some(&kwargs))?;
+            py_refs::set_running_loop(py)?.call1((slf,))?;
+            loop {
+                Self::run_once(slf)?;
+                if this.stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_id.store(0, Ordering::Relaxed);
+        let cleanup = (|| -> PyResult<()> {
+            py_refs::set_running_loop(py)?.call1((py.None(),))?;
+            Self::set_coroutine_origin_tracking(py, false)?;
+            py_refs::set_asyncgen_hooks(py)?.call1(old_hooks.cast::<PyTuple>()?.clone())?;
+            Ok(())
+        })();
+        result.and(cleanup)
+    }
+
+    /// Run until `future` (a future, task or coroutine) is done; return its result.
+    fn run_until_complete(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        this.check_running(py)?;
+        let new_task = !py_refs::isfuture(py)?.call1((future,))?.is_truthy()?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("loop", slf)?;
+        let fut = py_refs::ensure_future(py)?.call((future,), Some(&kwargs))?;
+        if new_task {
+            // The caller never sees this task, so an exception it ends with is not
+            // "never retrieved": it is raised from here.
+            fut.setattr("_log_destroy_pending", false)?;
+        }
+        let cb = run_until_complete_cb(py)?;
+        fut.call_method1("add_done_callback", (&cb,))?;
+        let ran = Self::run_forever(slf);
+        let removed = fut.call_method1("remove_done_callback", (&cb,));
+        if let Err(e) = ran {
+            if new_task && fut.call_method0("done")?.is_truthy()? && !fut.call_method0("cancelled")?.is_truthy()? {
+                // Mark the exception retrieved: it propagates from here instead.
+                let _ = fut.call_method0("exception");
+            }
+            return Err(e);
+        }
+        removed?;
+        if !fut.call_method0("done")?.is_truthy()? {
+            return Err(PyRuntimeError::new_err("Event loop stopped before Future completed."));
+        }
+        Ok(fut.call_method0("result")?.unbind())
+    }
+
+    /// Stop after the current iteration (or, if not running, after the next one).
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// True while the loop is running.
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    /// True once the loop was closed.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Close the loop: drop pending callbacks, release the poller, shut the default
+    /// executor down without waiting. Idempotent; a running loop cannot be closed.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.is_running() {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if this.is_debug() {
+            py_refs::logger(py)?.call_method1("debug", ("Close %r", slf))?;
+        }
+        this.closed.store(true, Ordering::Relaxed);
+        let (ready, timers) = this.sched.with(py, |s| (s.ready.take_all(), s.timers.take_all()));
+        let watches = this.watches.with(py, |w| w.take());
+        let poller = this.poller.with(py, |p| p.take());
+        let waker = this.waker.with(py, |w| w.take());
+        let executor = this.state.with(py, |s| {
+            s.executor_shutdown_called = true;
+            s.default_executor.take()
+        });
+        let watch_handles = watches.map(|mut w| w.take_all());
+        drop((ready, timers, watch_handles, poller, waker));
+        if let Some(executor) = executor {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("wait", false)?;
+            executor.bind(py).call_method("shutdown", (), Some(&kwargs))?;
+        }
+        Ok(())
+    }
+
+    // ---- futures and tasks ------------------------------------------------------------
+
+    /// A new `asyncio.Future` attached to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let future_class = py_refs::future_class(py)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        future_class.call((), Some(&kwargs))
+    }
+
+    /// Schedule a coroutine as a task (through the task factory, if one is set).
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let factory = this.state.with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)));
+        let context = context.filter(|c| !c.is_none());
+        match factory {
+            None => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+                if let Some(name) = &name {
+                    kwargs.set_item(pyo3::intern!(py, "name"), name)?;
+                }
+                if let Some(context) = &context {
+                    kwargs.set_item(pyo3::intern!(py, "context"), context)?;
+                }
+                let task = py_refs::task_class(py)?.call((coro,), Some(&kwargs))?;
+                if this.is_debug() {
+                    // Hide this frame from the task's creation traceback, as asyncio does.
+                    if let Ok(tb) = task.getattr("_source_traceback") {
+                        if tb.is_truthy()? {
+                            tb.del_item(-1)?;
+                        }
+                    }
+                }
+                Ok(task)
+            }
+            Some(factory) => {
+                let factory = factory.bind(py);
+                let task = match &context {
+                    None => factory.call1((slf, coro))?,
+                    Some(context) => {
+                        let kwargs = PyDict::new(py);
+                        kwargs.set_item("context", context)?;
+                        factory.call((slf, coro), Some(&kwargs))?
+                    }
+                };
+                py_refs::set_task_name(py)?.call1((&task, name))?;
+                Ok(task)
+            }
+        }
+    }
+
+    /// Set the factory `create_task` uses: `factory(loop, coro[, context=...])`, or None.
+    fn set_task_factory(&self, py: Python<'_>, factory: Py<PyAny>) -> PyResult<()> {
+        let factory = if factory.is_none(py) {
+            None
+        } else if factory.bind(py).is_callable() {
+            Some(factory)
+        } else {
+            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+        };
+        let old = self.state.with(py, |s| std::mem::replace(&mut s.task_factory, factory));
+        drop(old);
+        Ok(())
+    }
+
+    /// The task factory, or None.
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+    }
+
+    // ---- errors -------------------------------------------------------------------------
+
+    /// Set the handler called as `handler(loop, context)`, or None for the default.
+    fn set_exception_handler(&self, py: Python<'_>, handler: Py<PyAny>) -> PyResult<()> {
+        let handler = if handler.is_none(py) {
+            None
+        } else if handler.bind(py).is_callable() {
+            Some(handler)
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "A callable object or None is expected, got {}",
+                handler.bind(py).repr()?
+            )));
+        };
+        let old = self.state.with(py, |s| std::mem::replace(&mut s.exception_handler, handler));
+        drop(old);
+        Ok(())
+    }
+
+    /// The custom exception handler, or None.
+    fn get_exception_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.exception_handler(py)
+    }
+
+    /// Log `context` to the `asyncio` logger the way asyncio does.
+    fn default_exception_handler(slf: &Bound<'_, Self>, context: &Bound<'_, PyDict>) -> PyResult<()> {
+        errors::default_exception_handler(slf, context)
+    }
+
+    /// Report `context` to the exception handler.
+    fn call_exception_handler(slf: &Bound<'_, Self>, context: &Bound<'_, PyAny>) -> PyResult<()> {
+        errors::call_exception_handler(slf, context)
+    }
+
+    // ---- descriptors --------------------------------------------------------------------
+
+    /// Call `callback(*args)` whenever `fd` is readable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::watch(slf, Side::Read, fd, callback, args)
+    }
+
+    /// Call `callback(*args)` whenever `fd` is writable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::watch(slf, Side::Write, fd, callback, args)
+    }
+
+    /// Stop watching `fd` for reading; True if it was watched.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, Side::Read, fd)
+    }
+
+    /// Stop watching `fd` for writing; True if it was watched.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, Side::Write, fd)
+    }
+
+    // ---- executor and async generators ---------------------------------------------------
+
+    /// Run `func(*args)` in `executor` (the default executor if None); return a future.
+    #[pyo3(signature = (executor, func, *args))]
+    fn run_in_executor<'py>(
+        slf: &Bound<'py, Self>,
+        executor: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        executor::run_in_executor(slf, executor, func, args)
+    }
+
+    /// Set the executor `run_in_executor(None, ...)` uses.
+    fn set_default_executor(slf: &Bound<'_, Self>, executor: &Bound<'_, PyAny>) -> PyResult<()> {
+        executor::set_default_executor(slf, executor)
+    }
+
+    /// Coroutine: shut the default executor down, waiting for its threads.
+    #[pyo3(signature = (timeout=None))]
+    fn shutdown_default_executor<'py>(slf: &Bound<'py, Self>, timeout: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        executor::shutdown_default_executor(slf, timeout)
+    }
+
+    /// Coroutine: close every async generator still alive on this loop.
+    fn shutdown_asyncgens<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        executor::shutdown_asyncgens(slf)
+    }
+
+    fn _asyncgen_firstiter_hook(slf: &Bound<'_, Self>, agen: &Bound<'_, PyAny>) -> PyResult<()> {
+        executor::asyncgen_firstiter(slf, agen)
+    }
+
+    fn _asyncgen_finalizer_hook(slf: &Bound<'_, Self>, agen: &Bound<'_, PyAny>) -> PyResult<()> {
+        executor::asyncgen_finalizer(slf, agen)
+    }
+
+    // ---- debug ------------------------------------------------------------------------------
+
+    /// True in debug mode.
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    /// Turn debug mode on or off.
+    fn set_debug(slf: &Bound<'_, Self>, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let enabled = enabled.is_truthy()?;
+        let this = slf.get();
+        this.debug.store(enabled, Ordering::Relaxed);
+        if this.is_running() {
+            let f = py_refs::set_coro_tracking_depth(py)?;
+            let depth = if enabled { 20 } else { 0 };
+            Self::call_soon_threadsafe(slf, f, PyTuple::new(py, [depth])?, None)?;
+        }
+        Ok(())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let this = slf.get();
+        Ok(format!(
+            "<{} running={} closed={} debug={}>",
+            slf.get_type().qualname()?,
+            if this.is_running() { "True" } else { "False" },
+            if this.is_closed() { "True" } else { "False" },
+            if this.is_debug() { "True" } else { "False" },
+        ))
+    }
+}
+
+/// Registers the loop's Python-visible helpers on the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Loop>()?;
+    m.add_function(wrap_pyfunction!(_run_until_complete_cb, m)?)?;
+    Ok(())
+}
+
+impl Loop {
+    /// True once `close()` ran.
+    pub(crate) fn is_closed_flag(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,188 @@
+//! The table behind `add_reader`/`add_writer`: which handle runs when a descriptor is
+//! ready, kept in step with the poller's registrations.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+
+use oxio_core::poller::Registrar;
+use oxio_core::{Interest, ReadyQueue, Readiness};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::handle::Handle;
+
+/// The reader and writer watching one descriptor.
+#[derive(Default)]
+struct Watch {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl Watch {
+    fn interest(&self) -> Interest {
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
+    }
+}
+
+/// Which side of a descriptor a watch is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Read,
+    Write,
+}
+
+/// Descriptor watches and their poller registrations.
+///
+/// Methods never drop a handle: replaced or removed handles are returned so the caller
+/// can cancel and drop them outside the loop's borrowed state.
+pub struct FdWatches {
+    registrar: Registrar,
+    watches: HashMap<RawFd, Watch>,
+    fired: Vec<RawFd>,
+}
+
+impl FdWatches {
+    pub fn new(registrar: Registrar) -> Self {
+        Self {
+            registrar,
+            watches: HashMap::new(),
+            fired: Vec::new(),
+        }
+    }
+
+    /// True when no descriptor is watched (the loop may then skip polling entirely when
+    /// it has callbacks ready).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    /// Installs `handle` as the `side` callback of `fd`, returning the one it replaces.
+    /// On an OS error (a descriptor that is not open: `EBADF`) nothing changes.
+    pub fn set(&mut self, fd: RawFd, side: Side, handle: Py<Handle>) -> io::Result<Option<Py<Handle>>> {
+        let token = fd as usize;
+        match self.watches.get_mut(&fd) {
+            Some(watch) => {
+                let mut interest = watch.interest();
+                match side {
+                    Side::Read => interest.readable = true,
+                    Side::Write => interest.writable = true,
+                }
+                if let Err(e) = self.registrar.reregister(fd, token, interest) {
+                    // The descriptor was closed (and so left epoll) and its number
+                    // reused: register the new file afresh.
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        return Err(e);
+                    }
+                    self.registrar.register(fd, token, interest)?;
+                }
+                Ok(match side {
+                    Side::Read => watch.reader.replace(handle),
+                    Side::Write => watch.writer.replace(handle),
+                })
+            }
+            None => {
+                let mut watch = Watch::default();
+                match side {
+                    Side::Read => watch.reader = Some(handle),
+                    Side::Write => watch.writer = Some(handle),
+                }
+                self.registrar.register(fd, token, watch.interest())?;
+                self.watches.insert(fd, watch);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes the `side` callback of `fd`, returning it if there was one.
+    pub fn remove(&mut self, fd: RawFd, side: Side) -> Option<Py<Handle>> {
+        let watch = self.watches.get_mut(&fd)?;
+        let removed = match side {
+            Side::Read => watch.reader.take(),
+            Side::Write => watch.writer.take(),
+        };
+        let interest = watch.interest();
+        if !interest.readable && !interest.writable {
+            self.watches.remove(&fd);
+            // A descriptor closed before its watch was removed has already left epoll.
+            let _ = self.registrar.deregister(fd);
+        } else if removed.is_some() {
+            let _ = self.registrar.reregister(fd, fd as usize, interest);
+        }
+        removed
+    }
+
+    /// Queues the handles an event makes ready; cancelled ones are left out.
+    pub fn dispatch(&mut self, py: Python<'_>, ev: Readiness, ready: &mut ReadyQueue<Py<Handle>>) {
+        let fd = ev.token as RawFd;
+        let Some(watch) = self.watches.get(&fd) else {
+            return;
+        };
+        if ev.readable {
+            if let Some(r) = &watch.reader {
+                if !r.get().is_cancelled() {
+                    ready.push(r.clone_ref(py));
+                }
+            }
+        }
+        if ev.writable {
+            if let Some(w) = &watch.writer {
+                if !w.get().is_cancelled() {
+                    ready.push(w.clone_ref(py));
+                }
+            }
+        }
+        self.fired.push(fd);
+    }
+
+    /// Re-arms every descriptor that fired and is still watched, so that it is reported
+    /// again by the next poll if it is still ready: asyncio's level-triggered semantics.
+    pub fn rearm_fired(&mut self) {
+        for fd in self.fired.drain(..) {
+            if let Some(w) = self.watches.get(&fd) {
+                let _ = self.registrar.rearm(fd, fd as usize, w.interest());
+            }
+        }
+    }
+
+    /// Removes every watch, handing the handles back.
+    pub fn take_all(&mut self) -> Vec<Py<Handle>> {
+        let mut out = Vec::new();
+        for (fd, w) in self.watches.drain() {
+            let _ = self.registrar.deregister(fd);
+            out.extend(w.reader);
+            out.extend(w.writer);
+        }
+        out
+    }
+}
+
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
+        fd
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default()));
+        let fileno = obj.call_method0("fileno").map_err(|e| {
+            let py = obj.py();
+            if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                || e.is_instance_of::<pyo3::exceptions::PyTypeError>(py)
+                || e.is_instance_of::<PyValueError>(py)
+            {
+                invalid()
+            } else {
+                e
+            }
+        })?;
+        let as_int = obj.py().get_type::<pyo3::types::PyInt>().call1((fileno,)).map_err(|_| invalid())?;
+        as_int.extract::<i64>().map_err(|_| invalid())?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}

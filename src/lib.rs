@@ -1,0 +1,27 @@
+//! `oxio._oxio`: the Python binding of oxio's engine.
+//!
+//! This crate is the only Rust that touches Python. It turns the engine's parts
+//! (`oxio-core`) into an asyncio event loop: `Loop` schedules and dispatches, `Handle`
+//! and `TimerHandle` are the scheduled callbacks, and the remaining modules hold the
+//! cold paths (error reporting, descriptor watches, the executor bridge).
+
+mod callback_check;
+mod errors;
+mod event_loop;
+mod executor;
+mod fd_watch;
+mod gil_cell;
+mod handle;
+mod py_refs;
+
+use pyo3::prelude::*;
+
+/// The extension module. It needs the GIL: the loop's state is guarded by it.
+#[pymodule(gil_used = true)]
+fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    event_loop::register(m)?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<handle::TimerHandle>()?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Python objects the loop looks up once per process: asyncio's classes and helpers,
+//! interned names. Looking them up on every call would cost a dict lookup each time.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyAny;
+
+macro_rules! cached_attr {
+    ($(#[$doc:meta])* $name:ident, $module:literal, $attr:literal) => {
+        $(#[$doc])*
+        pub fn $name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+            static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            CELL.get_or_try_init(py, || {
+                py.import($module)?.getattr($attr).map(Bound::unbind)
+            })
+            .map(|v| v.bind(py))
+        }
+    };
+}
+
+cached_attr!(
+    /// `asyncio.Future`, the class `create_future` instantiates.
+    future_class, "asyncio", "Future");
+cached_attr!(
+    /// `asyncio.Task`, the class `create_task` instantiates without a factory.
+    task_class, "asyncio", "Task");
+cached_attr!(
+    /// `asyncio.futures.isfuture`.
+    isfuture, "asyncio.futures", "isfuture");
+cached_attr!(
+    /// `asyncio.tasks.ensure_future`.
+    ensure_future, "asyncio.tasks", "ensure_future");
+cached_attr!(
+    /// `asyncio.futures.wrap_future`.
+    wrap_future, "asyncio.futures", "wrap_future");
+cached_attr!(
+    /// `asyncio.futures._get_loop`.
+    future_get_loop, "asyncio.futures", "_get_loop");
+cached_attr!(
+    /// `asyncio.events._get_running_loop`.
+    get_running_loop, "asyncio.events", "_get_running_loop");
+cached_attr!(
+    /// `asyncio.events._set_running_loop`.
+    set_running_loop, "asyncio.events", "_set_running_loop");
+cached_attr!(
+    /// `asyncio.tasks._set_task_name`.
+    set_task_name, "asyncio.tasks", "_set_task_name");
+cached_attr!(
+    /// `asyncio.coroutines.iscoroutine`.
+    iscoroutine, "asyncio.coroutines", "iscoroutine");
+cached_attr!(
+    /// `asyncio.coroutines.iscoroutinefunction`.
+    iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction");
+cached_attr!(
+    /// `asyncio.coroutines._is_debug_mode`.
+    is_debug_mode, "asyncio.coroutines", "_is_debug_mode");
+cached_attr!(
+    /// `asyncio.format_helpers._format_callback_source`.
+    format_callback_source, "asyncio.format_helpers", "_format_callback_source");
+cached_attr!(
+    /// `asyncio.format_helpers.extract_stack`.
+    extract_stack, "asyncio.format_helpers", "extract_stack");
+cached_attr!(
+    /// asyncio's logger, `asyncio.log.logger`.
+    logger, "asyncio.log", "logger");
+cached_attr!(
+    /// `concurrent.futures.ThreadPoolExecutor`.
+    thread_pool_executor, "concurrent.futures", "ThreadPoolExecutor");
+cached_attr!(
+    /// `sys.get_asyncgen_hooks`.
+    get_asyncgen_hooks, "sys", "get_asyncgen_hooks");
+cached_attr!(
+    /// `sys.set_asyncgen_hooks`.
+    set_asyncgen_hooks, "sys", "set_asyncgen_hooks");
+cached_attr!(
+    /// `sys.set_coroutine_origin_tracking_depth`.
+    set_coro_tracking_depth, "sys", "set_coroutine_origin_tracking_depth");
+cached_attr!(
+    /// `weakref.WeakSet`, which tracks live async generators.
+    weak_set, "weakref", "WeakSet");
+cached_attr!(
+    /// `traceback.format_list`.
+    format_list, "traceback", "format_list");
+
+/// Imports `oxio._coroutines` and returns the named coroutine function.
+pub fn coroutine_helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("oxio._coroutines")?.getattr(name)
+}
+
+cached_attr!(
+    /// `sys._getframe`.
+    getframe, "sys", "_getframe");
+cached_attr!(
+    /// `warnings.warn`.
+    warn, "warnings", "warn");
