@@ -90,14 +90,17 @@ pub fn check_callback(
     debug: bool,
 ) -> PyResult<()> {
     // SAFETY: both are type checks on a live object.
-    let (callable, coro) =
-        unsafe { (ffi::PyCallable_Check(cb.as_ptr()) != 0, ffi::PyCoro_CheckExact(cb.as_ptr()) != 0) };
-    let is_coroutine = coro
-        || match python_function(cb) {
+    let (callable, coro) = unsafe {
+        (
+            ffi::PyCallable_Check(cb.as_ptr()) != 0,
+            ffi::PyCoro_CheckExact(cb.as_ptr()) != 0,
+        )
+    };
+    let is_coroutine =
+        coro || match python_function(cb) {
             Some(code) => cache.is_coroutine_code(&code)?,
             None => false,
-        }
-        || (debug && is_coroutine_slow(cb)?);
+        } || (debug && is_coroutine_slow(cb)?);
     if is_coroutine {
         return Err(PyTypeError::new_err(format!(
             "coroutines cannot be used with {method}()"
@@ -115,5 +118,7 @@ pub fn check_callback(
 fn is_coroutine_slow(cb: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = cb.py();
     Ok(py_refs::iscoroutine(py)?.call1((cb,))?.is_truthy()?
-        || py_refs::iscoroutinefunction(py)?.call1((cb,))?.is_truthy()?)
+        || py_refs::iscoroutinefunction(py)?
+            .call1((cb,))?
+            .is_truthy()?)
 }

@@ -89,7 +89,10 @@ fn format_traceback(py: Python<'_>, heading: &str, frames: &Bound<'_, PyAny>) ->
 
 /// asyncio's `default_exception_handler`: logs the message, every other context key in
 /// sorted order, and the exception's traceback, to the `asyncio` logger at ERROR.
-pub fn default_exception_handler(lp: &Bound<'_, Loop>, context: &Bound<'_, PyDict>) -> PyResult<()> {
+pub fn default_exception_handler(
+    lp: &Bound<'_, Loop>,
+    context: &Bound<'_, PyDict>,
+) -> PyResult<()> {
     let py = lp.py();
     let message = match context.get_item("message")? {
         Some(m) if m.is_truthy()? => m.str()?.extract::<String>()?,
@@ -98,7 +101,11 @@ pub fn default_exception_handler(lp: &Bound<'_, Loop>, context: &Bound<'_, PyDic
     let exc_info: Bound<'_, PyAny> = match context.get_item("exception")? {
         Some(exc) if !exc.is_none() => PyTuple::new(
             py,
-            [exc.get_type().into_any(), exc.clone(), exc.getattr("__traceback__")?],
+            [
+                exc.get_type().into_any(),
+                exc.clone(),
+                exc.getattr("__traceback__")?,
+            ],
         )?
         .into_any(),
         _ => false.into_pyobject(py)?.to_owned().into_any(),
@@ -116,7 +123,9 @@ pub fn default_exception_handler(lp: &Bound<'_, Loop>, context: &Bound<'_, PyDic
         if key_s == "message" || key_s == "exception" {
             continue;
         }
-        let value = context.get_item(&key)?.unwrap_or_else(|| py.None().into_bound(py));
+        let value = context
+            .get_item(&key)?
+            .unwrap_or_else(|| py.None().into_bound(py));
         let text = match key_s.as_str() {
             "source_traceback" => {
                 format_traceback(py, "Object created at (most recent call last):", &value)?

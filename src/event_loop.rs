@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use oxio_core::{clock, Cancellable, Poller, ReadyQueue, Readiness, TimerHeap, Waker, MAXIMUM_POLL_TIMEOUT};
+use oxio_core::{
+    clock, Cancellable, Poller, Readiness, ReadyQueue, TimerHeap, Waker, MAXIMUM_POLL_TIMEOUT,
+};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -21,7 +23,7 @@ use crate::errors;
 use crate::executor;
 use crate::fd_watch::{fileobj_to_fd, FdWatches, Side};
 use crate::gil_cell::GilCell;
-use crate::handle::{Handle, TimerHandle};
+use crate::handle::{release, untrack, Handle, TimerHandle};
 use crate::py_refs;
 
 const WAKER_TOKEN: usize = usize::MAX;
@@ -67,6 +69,8 @@ pub struct Loop {
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     thread_id: AtomicU64,
+    /// Debug mode warns about callbacks that take longer than this (seconds), as a float.
+    slow_callback_duration: AtomicU64,
     resolution: f64,
     code_cache: CodeFlagsCache,
 }
@@ -116,8 +120,9 @@ impl Loop {
     }
 
     pub(crate) fn exception_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .with(py, |s| s.exception_handler.as_ref().map(|h| h.clone_ref(py)))
+        self.state.with(py, |s| {
+            s.exception_handler.as_ref().map(|h| h.clone_ref(py))
+        })
     }
 
     pub(crate) fn current_handle_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -151,30 +156,58 @@ impl Loop {
             this.check_thread()?;
         }
         check_callback(&this.code_cache, callback, method, debug)?;
-        let context = match context {
-            Some(c) if !c.is_none() => c.unbind(),
+        let (context, private_context) = match context {
+            Some(c) if !c.is_none() => (c.unbind(), false),
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
             // exception set; from_owned_ptr_or_err takes ownership of it.
-            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind(),
+            _ => unsafe {
+                let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?;
+                (copy.unbind(), true)
+            },
         };
         let source_traceback = if debug {
-            Some(py_refs::extract_stack(py)?.call1((py_refs::getframe(py)?.call1((0,))?,))?.unbind())
+            Some(
+                py_refs::extract_stack(py)?
+                    .call1((py_refs::getframe(py)?.call1((0,))?,))?
+                    .unbind(),
+            )
         } else {
             None
         };
-        Ok(Handle::new(slf.clone().unbind(), callback.clone().unbind(), args.unbind(), context, source_traceback))
+        Ok(Handle::new(
+            slf.clone().unbind(),
+            callback.clone().unbind(),
+            args.unbind(),
+            context,
+            private_context,
+            source_traceback,
+        ))
     }
 
-    fn schedule_timer<'py>(slf: &Bound<'py, Self>, when: f64, mut handle: Handle) -> PyResult<Bound<'py, TimerHandle>> {
+    fn schedule_timer<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        mut handle: Handle,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = slf.py();
         handle.when = when;
         handle.scheduled = AtomicBool::new(true);
-        let timer = Bound::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle))?;
+        let timer = Bound::new(
+            py,
+            PyClassInitializer::from(handle).add_subclass(TimerHandle),
+        )?;
+        untrack(timer.as_super());
         let as_handle: Py<Handle> = timer.as_super().clone().unbind();
         // A NaN time compares with nothing; asyncio ends up running such a timer at once,
         // so it is keyed as due now instead of being allowed to disorder the heap.
-        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
-        slf.get().sched.with(py, |s| s.timers.push(key, Timer(as_handle)));
+        let key = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
+        slf.get()
+            .sched
+            .with(py, |s| s.timers.push(key, Timer(as_handle)));
         Ok(timer)
     }
 
@@ -195,10 +228,10 @@ impl Loop {
             }
             (garbage, !s.ready.is_empty(), s.timers.next_when())
         });
-        for t in &garbage {
+        for t in garbage {
             t.0.get().scheduled.store(false, Ordering::Relaxed);
+            release(t.0);
         }
-        drop(garbage);
 
         let timeout = if has_ready || this.stopping.load(Ordering::Relaxed) {
             Some(Duration::ZERO)
@@ -211,8 +244,11 @@ impl Loop {
         this.poll(py, timeout)?;
 
         // Due timers join the ready queue.
-        let end = clock::monotonic() + this.resolution;
         let cancelled = this.sched.with(py, |s| {
+            if s.timers.is_empty() {
+                return Vec::new();
+            }
+            let end = clock::monotonic() + this.resolution;
             let mut cancelled = Vec::new();
             while let Some(t) = s.timers.pop_due(end) {
                 let h = t.0;
@@ -225,7 +261,7 @@ impl Loop {
             }
             cancelled
         });
-        drop(cancelled);
+        cancelled.into_iter().for_each(release);
 
         let result = Self::run_ready(slf);
         this.watches.with(py, |w| {
@@ -238,8 +274,12 @@ impl Loop {
 
     /// Polls for I/O and queues the handles of ready descriptors.
     fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
-        let nothing_watched = self.watches.with(py, |w| w.as_ref().is_none_or(|w| w.is_empty()));
-        let wake_pending = self.waker.with(py, |w| w.as_ref().is_some_and(|w| w.is_pending()));
+        let nothing_watched = self
+            .watches
+            .with(py, |w| w.as_ref().is_none_or(|w| w.is_empty()));
+        let wake_pending = self
+            .waker
+            .with(py, |w| w.as_ref().is_some_and(|w| w.is_pending()));
         if timeout == Some(Duration::ZERO) && nothing_watched && !wake_pending {
             // Nothing could be ready: skip the syscall.
             return Ok(());
@@ -301,16 +341,20 @@ impl Loop {
             };
             let h = handle.get();
             if h.is_cancelled() {
+                release(handle);
                 continue;
             }
-            if this.is_debug() {
-                Self::run_handle_debug(slf, &handle)?;
-            } else if let Err(e) = h.invoke(py) {
-                if errors::is_exit_exception(py, &e) {
-                    return Err(e);
+            let outcome = if this.is_debug() {
+                Self::run_handle_debug(slf, &handle)
+            } else {
+                match h.invoke(py) {
+                    Ok(()) => Ok(()),
+                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
+                    Err(e) => errors::report_callback_error(slf, handle.bind(py).as_any(), h, e),
                 }
-                errors::report_callback_error(slf, handle.bind(py).as_any(), h, e)?;
-            }
+            };
+            release(handle);
+            outcome?;
         }
         Ok(())
     }
@@ -318,7 +362,9 @@ impl Loop {
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Py<Handle>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let prev = this.state.with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
+        let prev = this
+            .state
+            .with(py, |s| s.current_handle.replace(handle.clone_ref(py)));
         drop(prev);
         let t0 = clock::monotonic();
         let result = handle.get().invoke(py);
@@ -331,8 +377,7 @@ impl Loop {
             }
             errors::report_callback_error(slf, handle.bind(py).as_any(), handle.get(), e)?;
         }
-        let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
-        if dt >= slow {
+        if dt >= f64::from_bits(this.slow_callback_duration.load(Ordering::Relaxed)) {
             py_refs::logger(py)?.call_method1(
                 "warning",
                 ("Executing %s took %.3f seconds", handle.bind(py), dt),
@@ -343,7 +388,9 @@ impl Loop {
 
     fn check_running(&self, py: Python<'_>) -> PyResult<()> {
         if self.thread_id.load(Ordering::Relaxed) != 0 {
-            return Err(PyRuntimeError::new_err("This event loop is already running"));
+            return Err(PyRuntimeError::new_err(
+                "This event loop is already running",
+            ));
         }
         if !py_refs::get_running_loop(py)?.call0()?.is_none() {
             return Err(PyRuntimeError::new_err(
@@ -360,17 +407,35 @@ impl Loop {
         Ok(())
     }
 
-    fn watch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn watch(
+        slf: &Bound<'_, Self>,
+        side: Side,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         let py = slf.py();
-        let method = if side == Side::Read { "add_reader" } else { "add_writer" };
+        let method = if side == Side::Read {
+            "add_reader"
+        } else {
+            "add_writer"
+        };
         let fd = fileobj_to_fd(fd)?;
-        let handle = Py::new(py, Self::make_handle(slf, callback, args, None, method, true)?)?;
+        let handle = Bound::new(
+            py,
+            Self::make_handle(slf, callback, args, None, method, true)?,
+        )?;
+        let watched = handle.clone().unbind();
+        // On failure `set` drops `watched`, which is not the last reference: no Python
+        // code runs while the state is borrowed.
         let replaced = slf.get().watches.with(py, |w| match w {
-            Some(w) => w.set(fd, side, handle).map_err(os_error),
+            Some(w) => w.set(fd, side, watched).map_err(os_error),
             None => Err(closed_error()),
         })?;
+        untrack(&handle);
         if let Some(old) = replaced {
             old.get().do_cancel(py);
+            release(old);
         }
         Ok(())
     }
@@ -381,10 +446,14 @@ impl Loop {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd)?;
-        let removed = slf.get().watches.with(py, |w| w.as_mut().and_then(|w| w.remove(fd, side)));
+        let removed = slf
+            .get()
+            .watches
+            .with(py, |w| w.as_mut().and_then(|w| w.remove(fd, side)));
         Ok(match removed {
             Some(h) => {
                 h.get().do_cancel(py);
+                release(h);
                 true
             }
             None => false,
@@ -404,7 +473,9 @@ fn _run_until_complete_cb(fut: &Bound<'_, PyAny>) -> PyResult<()> {
             return Ok(());
         }
     }
-    py_refs::future_get_loop(py)?.call1((fut,))?.call_method0("stop")?;
+    py_refs::future_get_loop(py)?
+        .call1((fut,))?
+        .call_method0("stop")?;
     Ok(())
 }
 
@@ -434,6 +505,7 @@ impl Loop {
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(debug),
             thread_id: AtomicU64::new(0),
+            slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             resolution: clock::resolution(),
             code_cache: CodeFlagsCache::new(),
         })
@@ -450,7 +522,11 @@ impl Loop {
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let handle = Bound::new(py, Self::make_handle(slf, callback, args, context, "call_soon", true)?)?;
+        let handle = Bound::new(
+            py,
+            Self::make_handle(slf, callback, args, context, "call_soon", true)?,
+        )?;
+        untrack(&handle);
         let queued = handle.clone().unbind();
         slf.get().sched.with(py, |s| s.ready.push(queued));
         Ok(handle)
@@ -469,6 +545,7 @@ impl Loop {
             py,
             Self::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
         )?;
+        untrack(&handle);
         let queued = handle.clone().unbind();
         let this = slf.get();
         this.sched.with(py, |s| s.ready.push(queued));
@@ -525,7 +602,8 @@ impl Loop {
         this.check_running(py)?;
         Self::set_coroutine_origin_tracking(py, this.is_debug())?;
         let old_hooks = py_refs::get_asyncgen_hooks(py)?.call0()?;
-        this.thread_id.store(current_thread_ident(), Ordering::Relaxed);
+        this.thread_id
+            .store(current_thread_ident(), Ordering::Relaxed);
         let result = (|| -> PyResult<()> {
             let kwargs = PyDict::new(py);
             kwargs.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
@@ -571,7 +649,10 @@ impl Loop {
         let ran = Self::run_forever(slf);
         let removed = fut.call_method1("remove_done_callback", (&cb,));
         if let Err(e) = ran {
-            if new_task && fut.call_method0("done")?.is_truthy()? && !fut.call_method0("cancelled")?.is_truthy()? {
+            if new_task
+                && fut.call_method0("done")?.is_truthy()?
+                && !fut.call_method0("cancelled")?.is_truthy()?
+            {
                 // Mark the exception retrieved: it propagates from here instead.
                 let _ = fut.call_method0("exception");
             }
@@ -579,7 +660,9 @@ impl Loop {
         }
         removed?;
         if !fut.call_method0("done")?.is_truthy()? {
-            return Err(PyRuntimeError::new_err("Event loop stopped before Future completed."));
+            return Err(PyRuntimeError::new_err(
+                "Event loop stopped before Future completed.",
+            ));
         }
         Ok(fut.call_method0("result")?.unbind())
     }
@@ -614,7 +697,9 @@ impl Loop {
             py_refs::logger(py)?.call_method1("debug", ("Close %r", slf))?;
         }
         this.closed.store(true, Ordering::Relaxed);
-        let (ready, timers) = this.sched.with(py, |s| (s.ready.take_all(), s.timers.take_all()));
+        let (ready, timers) = this
+            .sched
+            .with(py, |s| (s.ready.take_all(), s.timers.take_all()));
         let watches = this.watches.with(py, |w| w.take());
         let poller = this.poller.with(py, |p| p.take());
         let waker = this.waker.with(py, |w| w.take());
@@ -622,12 +707,17 @@ impl Loop {
             s.executor_shutdown_called = true;
             s.default_executor.take()
         });
-        let watch_handles = watches.map(|mut w| w.take_all());
-        drop((ready, timers, watch_handles, poller, waker));
+        let watch_handles = watches.map(|mut w| w.take_all()).unwrap_or_default();
+        ready.into_iter().for_each(release);
+        timers.into_iter().for_each(|t| release(t.0));
+        watch_handles.into_iter().for_each(release);
+        drop((poller, waker));
         if let Some(executor) = executor {
             let kwargs = PyDict::new(py);
             kwargs.set_item("wait", false)?;
-            executor.bind(py).call_method("shutdown", (), Some(&kwargs))?;
+            executor
+                .bind(py)
+                .call_method("shutdown", (), Some(&kwargs))?;
         }
         Ok(())
     }
@@ -637,10 +727,11 @@ impl Loop {
     /// A new `asyncio.Future` attached to this loop.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let future_class = py_refs::future_class(py)?;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-        future_class.call((), Some(&kwargs))
+        py_refs::vectorcall(
+            py_refs::future_class(py)?,
+            &[slf.as_any()],
+            Some(py_refs::kw_loop(py)),
+        )
     }
 
     /// Schedule a coroutine as a task (through the task factory, if one is set).
@@ -654,19 +745,36 @@ impl Loop {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        let factory = this.state.with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)));
+        let factory = this
+            .state
+            .with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)));
         let context = context.filter(|c| !c.is_none());
+        let name_given = name.as_ref().is_some_and(|n| !n.is_none());
         match factory {
             None => {
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-                if let Some(name) = &name {
-                    kwargs.set_item(pyo3::intern!(py, "name"), name)?;
-                }
-                if let Some(context) = &context {
-                    kwargs.set_item(pyo3::intern!(py, "context"), context)?;
-                }
-                let task = py_refs::task_class(py)?.call((coro,), Some(&kwargs))?;
+                let task_class = py_refs::task_class(py)?;
+                let task = match (name.as_ref().filter(|_| name_given), &context) {
+                    (None, None) => py_refs::vectorcall(
+                        task_class,
+                        &[coro, slf.as_any()],
+                        Some(py_refs::kw_loop(py)),
+                    )?,
+                    (Some(n), None) => py_refs::vectorcall(
+                        task_class,
+                        &[coro, slf.as_any(), n],
+                        Some(py_refs::kw_loop_name(py)),
+                    )?,
+                    (None, Some(c)) => py_refs::vectorcall(
+                        task_class,
+                        &[coro, slf.as_any(), c],
+                        Some(py_refs::kw_loop_context(py)),
+                    )?,
+                    (Some(n), Some(c)) => py_refs::vectorcall(
+                        task_class,
+                        &[coro, slf.as_any(), n, c],
+                        Some(py_refs::kw_loop_name_context(py)),
+                    )?,
+                };
                 if this.is_debug() {
                     // Hide this frame from the task's creation traceback, as asyncio does.
                     if let Ok(tb) = task.getattr("_source_traceback") {
@@ -700,16 +808,21 @@ impl Loop {
         } else if factory.bind(py).is_callable() {
             Some(factory)
         } else {
-            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
         };
-        let old = self.state.with(py, |s| std::mem::replace(&mut s.task_factory, factory));
+        let old = self
+            .state
+            .with(py, |s| std::mem::replace(&mut s.task_factory, factory));
         drop(old);
         Ok(())
     }
 
     /// The task factory, or None.
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
+        self.state
+            .with(py, |s| s.task_factory.as_ref().map(|f| f.clone_ref(py)))
     }
 
     // ---- errors -------------------------------------------------------------------------
@@ -726,7 +839,9 @@ impl Loop {
                 handler.bind(py).repr()?
             )));
         };
-        let old = self.state.with(py, |s| std::mem::replace(&mut s.exception_handler, handler));
+        let old = self
+            .state
+            .with(py, |s| std::mem::replace(&mut s.exception_handler, handler));
         drop(old);
         Ok(())
     }
@@ -737,7 +852,10 @@ impl Loop {
     }
 
     /// Log `context` to the `asyncio` logger the way asyncio does.
-    fn default_exception_handler(slf: &Bound<'_, Self>, context: &Bound<'_, PyDict>) -> PyResult<()> {
+    fn default_exception_handler(
+        slf: &Bound<'_, Self>,
+        context: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
         errors::default_exception_handler(slf, context)
     }
 
@@ -750,13 +868,23 @@ impl Loop {
 
     /// Call `callback(*args)` whenever `fd` is readable.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::watch(slf, Side::Read, fd, callback, args)
     }
 
     /// Call `callback(*args)` whenever `fd` is writable.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::watch(slf, Side::Write, fd, callback, args)
     }
 
@@ -790,7 +918,10 @@ impl Loop {
 
     /// Coroutine: shut the default executor down, waiting for its threads.
     #[pyo3(signature = (timeout=None))]
-    fn shutdown_default_executor<'py>(slf: &Bound<'py, Self>, timeout: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn shutdown_default_executor<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         executor::shutdown_default_executor(slf, timeout)
     }
 
@@ -826,6 +957,18 @@ impl Loop {
             Self::call_soon_threadsafe(slf, f, PyTuple::new(py, [depth])?, None)?;
         }
         Ok(())
+    }
+
+    /// Debug mode logs callbacks that run longer than this many seconds.
+    #[getter]
+    fn get_slow_callback_duration(&self) -> f64 {
+        f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed))
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, value: f64) {
+        self.slow_callback_duration
+            .store(value.to_bits(), Ordering::Relaxed);
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {

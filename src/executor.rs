@@ -67,10 +67,15 @@ pub fn run_in_executor<'py>(
 pub fn set_default_executor(slf: &Bound<'_, Loop>, executor: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = slf.py();
     if !executor.is_instance(py_refs::thread_pool_executor(py)?)? {
-        return Err(PyTypeError::new_err("executor must be ThreadPoolExecutor instance"));
+        return Err(PyTypeError::new_err(
+            "executor must be ThreadPoolExecutor instance",
+        ));
     }
     let new = executor.clone().unbind();
-    let old = slf.get().state.with(py, |s| s.default_executor.replace(new));
+    let old = slf
+        .get()
+        .state
+        .with(py, |s| s.default_executor.replace(new));
     drop(old);
     Ok(())
 }
@@ -90,7 +95,10 @@ pub fn shutdown_default_executor<'py>(
 fn asyncgens<'py>(slf: &Bound<'py, Loop>) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
     let this = slf.get();
-    if let Some(set) = this.state.with(py, |s| s.asyncgens.as_ref().map(|a| a.clone_ref(py))) {
+    if let Some(set) = this
+        .state
+        .with(py, |s| s.asyncgens.as_ref().map(|a| a.clone_ref(py)))
+    {
         return Ok(set.into_bound(py));
     }
     let set = py_refs::weak_set(py)?.call0()?;
@@ -102,7 +110,9 @@ fn asyncgens<'py>(slf: &Bound<'py, Loop>) -> PyResult<Bound<'py, PyAny>> {
 
 pub fn shutdown_asyncgens<'py>(slf: &Bound<'py, Loop>) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    slf.get().state.with(py, |s| s.asyncgens_shutdown_called = true);
+    slf.get()
+        .state
+        .with(py, |s| s.asyncgens_shutdown_called = true);
     let set = asyncgens(slf)?;
     let agens = PyList::new(py, set.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
     set.call_method0("clear")?;

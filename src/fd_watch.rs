@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use oxio_core::poller::Registrar;
-use oxio_core::{Interest, ReadyQueue, Readiness};
+use oxio_core::{Interest, Readiness, ReadyQueue};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -63,7 +63,12 @@ impl FdWatches {
 
     /// Installs `handle` as the `side` callback of `fd`, returning the one it replaces.
     /// On an OS error (a descriptor that is not open: `EBADF`) nothing changes.
-    pub fn set(&mut self, fd: RawFd, side: Side, handle: Py<Handle>) -> io::Result<Option<Py<Handle>>> {
+    pub fn set(
+        &mut self,
+        fd: RawFd,
+        side: Side,
+        handle: Py<Handle>,
+    ) -> io::Result<Option<Py<Handle>>> {
         let token = fd as usize;
         match self.watches.get_mut(&fd) {
             Some(watch) => {
@@ -166,7 +171,12 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
         fd
     } else {
-        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default()));
+        let invalid = || {
+            PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        };
         let fileno = obj.call_method0("fileno").map_err(|e| {
             let py = obj.py();
             if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
@@ -178,11 +188,17 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 e
             }
         })?;
-        let as_int = obj.py().get_type::<pyo3::types::PyInt>().call1((fileno,)).map_err(|_| invalid())?;
+        let as_int = obj
+            .py()
+            .get_type::<pyo3::types::PyInt>()
+            .call1((fileno,))
+            .map_err(|_| invalid())?;
         as_int.extract::<i64>().map_err(|_| invalid())?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }

@@ -11,12 +11,19 @@ use pyo3::basic::CompareOp;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::Loop;
 use crate::py_refs;
 
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or `add_reader`.
-#[pyclass(frozen, subclass, freelist = 1024, module = "oxio._oxio", name = "Handle")]
+#[pyclass(
+    frozen,
+    subclass,
+    freelist = 1024,
+    module = "oxio._oxio",
+    name = "Handle"
+)]
 pub struct Handle {
     pub(crate) callback: Py<PyAny>,
     pub(crate) args: Py<PyTuple>,
@@ -30,6 +37,9 @@ pub struct Handle {
     pub(crate) owner: Py<Loop>,
     /// Debug mode: where the handle was created.
     pub(crate) source_traceback: Option<Py<PyAny>>,
+    /// True when `context` is a copy the loop made (and untracked) for this handle
+    /// alone, rather than a context the caller passed in.
+    pub(crate) private_context: bool,
 }
 
 impl Handle {
@@ -38,6 +48,7 @@ impl Handle {
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         context: Py<PyAny>,
+        private_context: bool,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Handle {
@@ -49,6 +60,7 @@ impl Handle {
             scheduled: AtomicBool::new(false),
             owner,
             source_traceback,
+            private_context,
         }
     }
 
@@ -74,7 +86,9 @@ impl Handle {
             let argv = if nargs == 0 {
                 std::ptr::null_mut()
             } else {
-                (*(args.as_ptr() as *mut ffi::PyTupleObject)).ob_item.as_mut_ptr()
+                (*(args.as_ptr() as *mut ffi::PyTupleObject))
+                    .ob_item
+                    .as_mut_ptr()
             };
             let result = ffi::PyObject_Vectorcall(
                 self.callback.as_ptr(),
@@ -148,8 +162,66 @@ impl PyAnyFloat {
     }
 }
 
+/// Takes a handle the loop has just queued off the garbage collector's lists, together
+/// with the context copy made for it alone.
+///
+/// While the loop holds a handle, the loop's reference is invisible to the collector
+/// (Rust-side references are not traversed), so the handle can never be found garbage
+/// then, and walking thousands of queued handles and contexts on every collection is
+/// pure cost. [`release`] undoes this when the loop lets go, so cycles through handles
+/// stay collectable. Every handle passed here must leave the loop through [`release`].
+#[inline]
+pub(crate) fn untrack(handle: &Bound<'_, Handle>) {
+    // SAFETY: the handle and its context are live GC-enabled objects (every pyclass is,
+    // and so is contextvars.Context). Untracking is always allowed; PyO3's dealloc
+    // untracks only if tracked, and `release` re-tracks the context before it can be
+    // deallocated (its dealloc assumes it is tracked).
+    unsafe {
+        ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
+        let h = handle.get();
+        if h.private_context && ffi::PyObject_GC_IsTracked(h.context.as_ptr()) != 0 {
+            ffi::PyObject_GC_UnTrack(h.context.as_ptr().cast());
+        }
+    }
+}
+
+/// Drops the loop's reference to `handle`: its private context copy is tracked again
+/// (always: a context must be tracked when it is deallocated), and so is the handle
+/// itself if anything else still holds it.
+#[inline]
+pub(crate) fn release(handle: Py<Handle>) {
+    let p = handle.as_ptr();
+    // SAFETY: `handle` is a strong reference, so it and its context are live GC
+    // objects; tracking an untracked GC object is allowed, and IsTracked guards
+    // against tracking one twice.
+    unsafe {
+        let h = handle.get();
+        if h.private_context {
+            let ctx = h.context.as_ptr();
+            if ffi::PyObject_GC_IsTracked(ctx) == 0 {
+                ffi::PyObject_GC_Track(ctx.cast());
+            }
+        }
+        if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
+            ffi::PyObject_GC_Track(p.cast());
+        }
+    }
+    drop(handle);
+}
+
 #[pymethods]
 impl Handle {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        visit.call(&self.args)?;
+        visit.call(&self.context)?;
+        visit.call(&self.owner)?;
+        if let Some(tb) = &self.source_traceback {
+            visit.call(tb)?;
+        }
+        Ok(())
+    }
+
     /// Cancel the call. Idempotent; a cancelled callback never runs.
     fn cancel(&self, py: Python<'_>) {
         self.do_cancel(py);
@@ -216,7 +288,10 @@ impl Handle {
         let py = slf.py();
         let name: String = slf.get_type().name()?.extract()?;
         let timer = slf.is_instance_of::<TimerHandle>();
-        Ok(format!("<{}>", slf.get().repr_info(py, &name, timer)?.join(" ")))
+        Ok(format!(
+            "<{}>",
+            slf.get().repr_info(py, &name, timer)?.join(" ")
+        ))
     }
 }
 
@@ -243,7 +318,11 @@ impl TimerHandle {
         (h ^ (h >> 32)) as isize
     }
 
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Some(theirs) = when_of(other) else {
             return Ok(py.NotImplemented());
@@ -264,7 +343,10 @@ impl TimerHandle {
             CompareOp::Eq => ours == theirs && same_call()?,
             CompareOp::Ne => !(ours == theirs && same_call()?),
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 
@@ -276,7 +358,10 @@ pub(crate) fn error_context<'py>(
     exc: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let ctx = PyDict::new(py);
-    ctx.set_item("message", format!("Exception in callback {}", handle.format_callback(py)?))?;
+    ctx.set_item(
+        "message",
+        format!("Exception in callback {}", handle.format_callback(py)?),
+    )?;
     ctx.set_item("exception", exc)?;
     ctx.set_item("handle", handle_obj)?;
     if let Some(tb) = &handle.source_traceback {

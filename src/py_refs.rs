@@ -61,8 +61,14 @@ cached_attr!(
     /// `asyncio.format_helpers.extract_stack`.
     extract_stack, "asyncio.format_helpers", "extract_stack");
 cached_attr!(
-    /// asyncio's logger, `asyncio.log.logger`.
-    logger, "asyncio.log", "logger");
+    /// The `asyncio.base_events` module, whose `logger` the loop logs through.
+    base_events, "asyncio", "base_events");
+
+/// asyncio's logger, looked up on every use as `asyncio.base_events.logger`: code (and
+/// CPython's own tests) patch that name to observe what the loop logs.
+pub fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    base_events(py)?.getattr(pyo3::intern!(py, "logger"))
+}
 cached_attr!(
     /// `concurrent.futures.ThreadPoolExecutor`.
     thread_pool_executor, "concurrent.futures", "ThreadPoolExecutor");
@@ -93,3 +99,60 @@ cached_attr!(
 cached_attr!(
     /// `warnings.warn`.
     warn, "warnings", "warn");
+
+/// A tuple of interned keyword names, built once, for vectorcalls with keywords.
+macro_rules! kwnames {
+    ($(#[$doc:meta])* $name:ident, [$($kw:literal),+]) => {
+        $(#[$doc])*
+        pub fn $name(py: Python<'_>) -> &Bound<'_, pyo3::types::PyTuple> {
+            static CELL: PyOnceLock<Py<pyo3::types::PyTuple>> = PyOnceLock::new();
+            CELL.get_or_init(py, || {
+                pyo3::types::PyTuple::new(py, [$(pyo3::types::PyString::intern(py, $kw)),+])
+                    .expect("a tuple of interned names")
+                    .unbind()
+            })
+            .bind(py)
+        }
+    };
+}
+
+kwnames!(
+    /// `("loop",)`
+    kw_loop, ["loop"]);
+kwnames!(
+    /// `("loop", "name")`
+    kw_loop_name, ["loop", "name"]);
+kwnames!(
+    /// `("loop", "context")`
+    kw_loop_context, ["loop", "context"]);
+kwnames!(
+    /// `("loop", "name", "context")`
+    kw_loop_name_context, ["loop", "name", "context"]);
+
+/// Calls `callable(*args[..n], **dict(zip(kwnames, args[n..])))` by vectorcall, where
+/// `n = args.len() - kwnames.len()`: no argument tuple or keyword dict is built.
+pub fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    kwnames: Option<&Bound<'py, pyo3::types::PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let mut ptrs: [*mut pyo3::ffi::PyObject; 8] = [std::ptr::null_mut(); 8];
+    assert!(args.len() <= ptrs.len(), "vectorcall: too many arguments");
+    for (slot, a) in ptrs.iter_mut().zip(args) {
+        *slot = a.as_ptr();
+    }
+    let nkw = kwnames.map_or(0, |k| k.len());
+    let npos = args.len() - nkw;
+    let kw = kwnames.map_or(std::ptr::null_mut(), |k| k.as_ptr());
+    // SAFETY: `ptrs[..args.len()]` are borrowed pointers to live objects kept alive by
+    // `args` for the duration of the call; `kw` is NULL or a tuple of `nkw` strings
+    // naming the trailing arguments. The result is a new reference or NULL with an
+    // exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyObject_Vectorcall(callable.as_ptr(), ptrs.as_ptr(), npos, kw),
+        )
+    }
+}

@@ -53,7 +53,7 @@ impl Cancellable for Scheduled {
 
 enum Ready {
     Call(Scheduled),
-    Fd(RawFd, FdCallback),
+    Fd(FdCallback),
 }
 
 #[derive(Default)]
@@ -287,12 +287,12 @@ impl EventLoop {
             if let Some(w) = self.watches.get(&fd) {
                 if ev.readable {
                     if let Some(r) = &w.reader {
-                        self.ready.push(Ready::Fd(fd, r.clone()));
+                        self.ready.push(Ready::Fd(r.clone()));
                     }
                 }
                 if ev.writable {
                     if let Some(wr) = &w.writer {
-                        self.ready.push(Ready::Fd(fd, wr.clone()));
+                        self.ready.push(Ready::Fd(wr.clone()));
                     }
                 }
                 self.fired.push(fd);
@@ -325,7 +325,7 @@ impl EventLoop {
                         (s.callback)(self);
                     }
                 }
-                Some(Ready::Fd(_, f)) => (f.borrow_mut())(self),
+                Some(Ready::Fd(f)) => (f.borrow_mut())(self),
                 None => break,
             }
         }
