@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from . import _oxio
@@ -29,6 +30,14 @@ class Loop(_oxio.Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
     supplies the rest of the interface (methods a later release implements raise
     ``NotImplementedError`` from there, as the abstract loop does).
     """
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # As asyncio: an event loop garbage-collected without close() is a leak of its
+        # poller; say so, and release what can be released.
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
 
 
 def new_event_loop() -> Loop:
