@@ -142,7 +142,7 @@ impl Loop {
         let h = self
             .state
             .with(py, |s| s.current_handle.as_ref().map(|h| h.clone_ref(py)))?;
-        h.get().source_traceback.as_ref().map(|t| t.clone_ref(py))
+        h.get().source_traceback(py).map(Bound::unbind)
     }
 
     fn wake(&self, py: Python<'_>) {
@@ -187,30 +187,28 @@ impl Loop {
         } else {
             None
         };
-        Ok(Handle::new(
-            slf.clone().unbind(),
+        Handle::new(
+            py,
             callback.clone().unbind(),
             args.unbind(),
             context,
             private_context,
             source_traceback,
-        ))
+        )
     }
 
     fn schedule_timer<'py>(
         slf: &Bound<'py, Self>,
         when: f64,
-        mut handle: Handle,
+        handle: Handle,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = slf.py();
-        handle.when = when;
-        handle.scheduled = AtomicBool::new(true);
-        let timer = Bound::new(
-            py,
-            PyClassInitializer::from(handle).add_subclass(TimerHandle),
-        )?;
-        untrack(timer.as_super());
-        let as_handle: Py<Handle> = timer.as_super().clone().unbind();
+        handle.set_scheduled(true);
+        let init = PyClassInitializer::from(handle)
+            .add_subclass(TimerHandle::new(when, slf.clone().unbind()));
+        let timer = Bound::new(py, init)?;
+        let base = timer.as_super();
+        untrack(base);
         // A NaN time compares with nothing; asyncio ends up running such a timer at once,
         // so it is keyed as due now instead of being allowed to disorder the heap.
         let key = if when.is_nan() {
@@ -218,9 +216,10 @@ impl Loop {
         } else {
             when
         };
+        let queued = base.clone().unbind();
         slf.get()
             .sched
-            .with(py, |s| s.timers.push(key, Timer(as_handle)));
+            .with(py, |s| s.timers.push(key, Timer(queued)));
         Ok(timer)
     }
 
@@ -242,7 +241,7 @@ impl Loop {
             (garbage, !s.ready.is_empty(), s.timers.next_when())
         });
         for t in garbage {
-            t.0.get().scheduled.store(false, Ordering::Relaxed);
+            t.0.get().set_scheduled(false);
             release(t.0);
         }
 
@@ -265,7 +264,7 @@ impl Loop {
             let mut cancelled = Vec::new();
             while let Some(t) = s.timers.pop_due(end) {
                 let h = t.0;
-                h.get().scheduled.store(false, Ordering::Relaxed);
+                h.get().set_scheduled(false);
                 if h.get().is_cancelled() {
                     cancelled.push(h);
                 } else {
@@ -447,7 +446,7 @@ impl Loop {
         })?;
         untrack(&handle);
         if let Some(old) = replaced {
-            old.get().do_cancel(py);
+            Handle::cancel_bound(old.bind(py));
             release(old);
         }
         Ok(())
@@ -465,7 +464,7 @@ impl Loop {
             .with(py, |w| w.as_mut().and_then(|w| w.remove(fd, side)));
         Ok(match removed {
             Some(h) => {
-                h.get().do_cancel(py);
+                Handle::cancel_bound(h.bind(py));
                 release(h);
                 true
             }

@@ -4,8 +4,13 @@
 //! scheduling allocates nothing else) and its context. Cancelling only sets a flag the
 //! loop checks before running; a cancelled timer stays in the heap until it reaches the
 //! top or the heap is compacted.
+//!
+//! Handles are kept small because a busy loop holds many: a plain handle is three
+//! pointers and a flag byte (64 bytes with the object and GC headers). The debug-only
+//! creation traceback shares the argument slot (see [`Handle::args`]), and what only
+//! timers need lives in [`TimerHandle`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use pyo3::basic::CompareOp;
 use pyo3::ffi;
@@ -16,6 +21,15 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::Loop;
 use crate::py_refs;
 
+/// The handle was cancelled; it never runs.
+const CANCELLED: u8 = 1;
+/// `context` is a copy the loop made for this handle alone (not one the caller passed).
+const PRIVATE_CONTEXT: u8 = 2;
+/// `payload` is `(args, source_traceback)` rather than `args` (debug mode).
+const TRACED: u8 = 4;
+/// A timer that sits in its loop's heap; its cancellation is counted there.
+const SCHEDULED: u8 = 8;
+
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or `add_reader`.
 #[pyclass(
     frozen,
@@ -25,59 +39,107 @@ use crate::py_refs;
     name = "Handle"
 )]
 pub struct Handle {
-    pub(crate) callback: Py<PyAny>,
-    pub(crate) args: Py<PyTuple>,
-    pub(crate) context: Py<PyAny>,
-    pub(crate) cancelled: AtomicBool,
-    /// Timers only: when the loop should run it, as given (NaN included).
-    pub(crate) when: f64,
-    /// Timers only: true while the timer sits in the loop's heap.
-    pub(crate) scheduled: AtomicBool,
-    /// The loop the handle was scheduled on; a timer's cancellation is counted there.
-    pub(crate) owner: Py<Loop>,
-    /// Debug mode: where the handle was created.
-    pub(crate) source_traceback: Option<Py<PyAny>>,
-    /// True when `context` is a copy the loop made (and untracked) for this handle
-    /// alone, rather than a context the caller passed in.
-    pub(crate) private_context: bool,
+    callback: Py<PyAny>,
+    payload: Py<PyTuple>,
+    context: Py<PyAny>,
+    flags: AtomicU8,
 }
 
 impl Handle {
+    /// A handle for `callback(*args)` in `context`. `private_context` says the context
+    /// is a copy made for this handle alone; `source_traceback` is debug mode's record
+    /// of where the handle was created.
     pub(crate) fn new(
-        owner: Py<Loop>,
+        py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         context: Py<PyAny>,
         private_context: bool,
         source_traceback: Option<Py<PyAny>>,
-    ) -> Self {
-        Handle {
+    ) -> PyResult<Self> {
+        let mut flags = if private_context { PRIVATE_CONTEXT } else { 0 };
+        let payload = match source_traceback {
+            None => args,
+            Some(tb) => {
+                flags |= TRACED;
+                PyTuple::new(py, [args.into_any(), tb])?.unbind()
+            }
+        };
+        Ok(Handle {
             callback,
-            args,
+            payload,
             context,
-            cancelled: AtomicBool::new(false),
-            when: 0.0,
-            scheduled: AtomicBool::new(false),
-            owner,
-            source_traceback,
-            private_context,
-        }
+            flags: AtomicU8::new(flags),
+        })
+    }
+
+    #[inline]
+    fn flag(&self, bit: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & bit != 0
     }
 
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.flag(CANCELLED)
+    }
+
+    #[inline]
+    pub(crate) fn has_private_context(&self) -> bool {
+        self.flag(PRIVATE_CONTEXT)
+    }
+
+    /// Marks a timer as in (or out of) its loop's heap.
+    #[inline]
+    pub(crate) fn set_scheduled(&self, scheduled: bool) {
+        if scheduled {
+            self.flags.fetch_or(SCHEDULED, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!SCHEDULED, Ordering::Relaxed);
+        }
+    }
+
+    /// The callback's positional arguments.
+    #[inline]
+    pub(crate) fn args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        let payload = self.payload.bind(py);
+        if self.flag(TRACED) {
+            // SAFETY: a TRACED payload is the 2-tuple built in `new`, whose first item
+            // is the argument tuple.
+            unsafe {
+                payload
+                    .get_borrowed_item_unchecked(0)
+                    .cast_unchecked::<PyTuple>()
+                    .to_owned()
+            }
+        } else {
+            payload.clone()
+        }
+    }
+
+    /// Where the handle was created, in debug mode.
+    pub(crate) fn source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        if self.flag(TRACED) {
+            // SAFETY: as in `args`: item 1 of a TRACED payload is the traceback.
+            Some(unsafe {
+                self.payload
+                    .bind(py)
+                    .get_borrowed_item_unchecked(1)
+                    .to_owned()
+            })
+        } else {
+            None
+        }
     }
 
     /// Runs the callback inside its context. Errors are returned, not reported.
     #[inline]
     pub(crate) fn invoke(&self, py: Python<'_>) -> PyResult<()> {
         let ctx = self.context.as_ptr();
-        let args = self.args.bind(py);
+        let args = self.args(py);
         // SAFETY: `ctx` is a live contextvars.Context (checked at creation), the callback
-        // and the argument tuple are kept alive by `self` for the whole call, and the
-        // argument pointer is the tuple's own item array, valid for `len` items. Enter
-        // and Exit are paired on every path.
+        // and the argument tuple are kept alive by `self` and `args` for the whole call,
+        // and the argument pointer is the tuple's own item array, valid for `nargs`
+        // items. Enter and Exit are paired on every path.
         unsafe {
             if ffi::PyContext_Enter(ctx) != 0 {
                 return Err(PyErr::fetch(py));
@@ -115,50 +177,35 @@ impl Handle {
 
     fn format_callback(&self, py: Python<'_>) -> PyResult<String> {
         py_refs::format_callback_source(py)?
-            .call1((self.callback.bind(py), self.args.bind(py)))?
+            .call1((self.callback.bind(py), self.args(py)))?
             .extract()
     }
 
-    fn repr_info(&self, py: Python<'_>, class_name: &str, timer: bool) -> PyResult<Vec<String>> {
-        let mut info = vec![class_name.to_owned()];
-        let cancelled = self.is_cancelled();
-        if cancelled {
-            info.push("cancelled".to_owned());
-        }
-        if timer {
-            info.push(format!("when={}", PyAnyFloat(self.when).repr(py)?));
-        }
-        info.push(self.format_callback(py)?);
-        if let Some(tb) = &self.source_traceback {
-            let tb = tb.bind(py);
-            if tb.len()? > 0 {
-                let frame = tb.get_item(-1)?;
-                let file: String = frame.get_item(0)?.str()?.extract()?;
-                let line: String = frame.get_item(1)?.str()?.extract()?;
-                info.push(format!("created at {file}:{line}"));
-            }
-        }
-        Ok(info)
+    /// Cancels the handle. Returns true if this call cancelled a timer that was still in
+    /// its loop's heap (the caller then tells the loop).
+    fn mark_cancelled(&self) -> bool {
+        let before = self.flags.fetch_or(CANCELLED, Ordering::Relaxed);
+        before & CANCELLED == 0 && before & SCHEDULED != 0
     }
 
     /// Cancels the handle; for a scheduled timer, tells the loop its heap holds one more
     /// cancelled entry.
-    pub(crate) fn do_cancel(&self, py: Python<'_>) {
-        if self.cancelled.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if self.scheduled.load(Ordering::Relaxed) {
-            self.owner.get().note_timer_cancelled(py);
+    pub(crate) fn cancel_bound(slf: &Bound<'_, Handle>) {
+        if slf.get().mark_cancelled() {
+            if let Ok(timer) = slf.cast::<TimerHandle>() {
+                timer.get().owner.get().note_timer_cancelled(slf.py());
+            }
         }
     }
-}
 
-/// Formats a float the way Python's `repr(float)` does.
-struct PyAnyFloat(f64);
-
-impl PyAnyFloat {
-    fn repr(&self, py: Python<'_>) -> PyResult<String> {
-        pyo3::types::PyFloat::new(py, self.0).repr()?.extract()
+    /// The loop a handle reports errors to: a timer's own loop, else the running one.
+    fn reporting_loop<'py>(slf: &Bound<'py, Handle>) -> PyResult<Option<Bound<'py, Loop>>> {
+        let py = slf.py();
+        if let Ok(timer) = slf.cast::<TimerHandle>() {
+            return Ok(Some(timer.get().owner.bind(py).clone()));
+        }
+        let running = py_refs::get_running_loop(py)?.call0()?;
+        Ok(running.cast_into::<Loop>().ok())
     }
 }
 
@@ -179,7 +226,7 @@ pub(crate) fn untrack(handle: &Bound<'_, Handle>) {
     unsafe {
         ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
         let h = handle.get();
-        if h.private_context && ffi::PyObject_GC_IsTracked(h.context.as_ptr()) != 0 {
+        if h.has_private_context() && ffi::PyObject_GC_IsTracked(h.context.as_ptr()) != 0 {
             ffi::PyObject_GC_UnTrack(h.context.as_ptr().cast());
         }
     }
@@ -196,7 +243,7 @@ pub(crate) fn release(handle: Py<Handle>) {
     // against tracking one twice.
     unsafe {
         let h = handle.get();
-        if h.private_context {
+        if h.has_private_context() {
             let ctx = h.context.as_ptr();
             if ffi::PyObject_GC_IsTracked(ctx) == 0 {
                 ffi::PyObject_GC_Track(ctx.cast());
@@ -213,18 +260,14 @@ pub(crate) fn release(handle: Py<Handle>) {
 impl Handle {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.callback)?;
-        visit.call(&self.args)?;
+        visit.call(&self.payload)?;
         visit.call(&self.context)?;
-        visit.call(&self.owner)?;
-        if let Some(tb) = &self.source_traceback {
-            visit.call(tb)?;
-        }
         Ok(())
     }
 
     /// Cancel the call. Idempotent; a cancelled callback never runs.
-    fn cancel(&self, py: Python<'_>) {
-        self.do_cancel(py);
+    fn cancel(slf: &Bound<'_, Self>) {
+        Handle::cancel_bound(slf);
     }
 
     /// True if the call was cancelled.
@@ -244,19 +287,17 @@ impl Handle {
         let this = slf.get();
         match this.invoke(py) {
             Ok(()) => Ok(()),
-            Err(e) => {
-                if crate::errors::is_exit_exception(py, &e) {
-                    return Err(e);
-                }
-                let owner = this.owner.bind(py);
-                crate::errors::report_callback_error(owner, slf.as_any(), this, e)
-            }
+            Err(e) if crate::errors::is_exit_exception(py, &e) => Err(e),
+            Err(e) => match Handle::reporting_loop(slf)? {
+                Some(lp) => crate::errors::report_callback_error(&lp, slf.as_any(), this, e),
+                None => Err(e),
+            },
         }
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<Loop> {
-        self.owner.clone_ref(py)
+    fn _loop<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Loop>>> {
+        Handle::reporting_loop(slf)
     }
 
     #[getter]
@@ -265,8 +306,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.args.clone_ref(py)
+    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        self.args(py)
     }
 
     #[getter]
@@ -280,41 +321,66 @@ impl Handle {
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    fn _source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.source_traceback(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let py = slf.py();
-        let name: String = slf.get_type().name()?.extract()?;
-        let timer = slf.is_instance_of::<TimerHandle>();
-        Ok(format!(
-            "<{}>",
-            slf.get().repr_info(py, &name, timer)?.join(" ")
-        ))
+        let this = slf.get();
+        let mut info = vec![slf.get_type().name()?.extract::<String>()?];
+        if this.is_cancelled() {
+            info.push("cancelled".to_owned());
+        }
+        if let Ok(timer) = slf.cast::<TimerHandle>() {
+            let when = pyo3::types::PyFloat::new(py, timer.get().when);
+            info.push(format!("when={}", when.repr()?));
+        }
+        info.push(this.format_callback(py)?);
+        if let Some(tb) = this.source_traceback(py) {
+            if tb.len()? > 0 {
+                let frame = tb.get_item(-1)?;
+                let file: String = frame.get_item(0)?.str()?.extract()?;
+                let line: String = frame.get_item(1)?.str()?.extract()?;
+                info.push(format!("created at {file}:{line}"));
+            }
+        }
+        Ok(format!("<{}>", info.join(" ")))
     }
 }
 
 /// A callback scheduled for a time, by `call_later` or `call_at`.
 #[pyclass(frozen, extends = Handle, freelist = 1024, module = "oxio._oxio", name = "TimerHandle")]
-pub struct TimerHandle;
+pub struct TimerHandle {
+    /// When the loop should run it, as given (NaN included).
+    when: f64,
+    /// The loop whose heap counts this timer's cancellation.
+    owner: Py<Loop>,
+}
+
+impl TimerHandle {
+    pub(crate) fn new(when: f64, owner: Py<Loop>) -> Self {
+        TimerHandle { when, owner }
+    }
+}
 
 fn when_of(other: &Bound<'_, PyAny>) -> Option<f64> {
-    other
-        .cast::<TimerHandle>()
-        .ok()
-        .map(|t| t.as_super().get().when)
+    other.cast::<TimerHandle>().ok().map(|t| t.get().when)
 }
 
 #[pymethods]
 impl TimerHandle {
-    /// The absolute time (on the loop's clock) the callback is scheduled for.
-    fn when(slf: &Bound<'_, Self>) -> f64 {
-        slf.as_super().get().when
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.owner)
     }
 
-    fn __hash__(slf: &Bound<'_, Self>) -> isize {
-        let h = slf.as_super().get().when.to_bits();
+    /// The absolute time (on the loop's clock) the callback is scheduled for.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn __hash__(&self) -> isize {
+        let h = self.when.to_bits();
         (h ^ (h >> 32)) as isize
     }
 
@@ -327,12 +393,12 @@ impl TimerHandle {
         let Some(theirs) = when_of(other) else {
             return Ok(py.NotImplemented());
         };
+        let ours = slf.get().when;
         let this = slf.as_super().get();
-        let ours = this.when;
         let same_call = || -> PyResult<bool> {
             let o = other.cast::<TimerHandle>()?.as_super().get();
             Ok(this.callback.bind(py).eq(o.callback.bind(py))?
-                && this.args.bind(py).eq(o.args.bind(py))?
+                && this.args(py).eq(o.args(py))?
                 && this.is_cancelled() == o.is_cancelled())
         };
         let result = match op {
@@ -364,8 +430,8 @@ pub(crate) fn error_context<'py>(
     )?;
     ctx.set_item("exception", exc)?;
     ctx.set_item("handle", handle_obj)?;
-    if let Some(tb) = &handle.source_traceback {
-        ctx.set_item("source_traceback", tb.bind(py))?;
+    if let Some(tb) = handle.source_traceback(py) {
+        ctx.set_item("source_traceback", tb)?;
     }
     Ok(ctx)
 }
