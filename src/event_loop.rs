@@ -62,7 +62,12 @@ pub struct Loop {
     watches: GilCell<Option<FdWatches>>,
     poller: GilCell<Option<Poller>>,
     events: GilCell<Vec<Readiness>>,
-    waker: GilCell<Option<Waker>>,
+    /// Wakes the poller from other threads. Lives as long as the loop object (its
+    /// eventfd closes with it); after `close()` nothing polls it any more.
+    waker: Waker,
+    /// True while any descriptor is watched: otherwise a loop with callbacks ready can
+    /// skip the poll syscall altogether.
+    watching: AtomicBool,
     pub(crate) state: GilCell<PyState>,
     closed: AtomicBool,
     stopping: AtomicBool,
@@ -145,11 +150,9 @@ impl Loop {
         h.get().source_traceback(py).map(Bound::unbind)
     }
 
-    fn wake(&self, py: Python<'_>) {
-        let waker = self.waker.with(py, |w| w.clone());
-        if let Some(w) = waker {
-            let _ = w.wake();
-        }
+    fn wake(&self) {
+        // A failed wake (the eventfd counter saturated) means a wake is pending anyway.
+        let _ = self.waker.wake();
     }
 
     /// Builds a handle after asyncio's checks (closed loop, thread in debug mode, callback).
@@ -231,6 +234,10 @@ impl Loop {
 
         // Timer housekeeping: drop cancelled entries from the top, compact if needed.
         let (garbage, has_ready, next_when) = this.sched.with(py, |s| {
+            let has_ready = !s.ready.is_empty();
+            if s.timers.is_empty() {
+                return (Vec::new(), has_ready, None);
+            }
             let mut garbage = Vec::new();
             if s.timers.wants_compaction() {
                 s.timers.compact(&mut garbage);
@@ -238,11 +245,13 @@ impl Loop {
             while let Some(t) = s.timers.pop_cancelled_head() {
                 garbage.push(t);
             }
-            (garbage, !s.ready.is_empty(), s.timers.next_when())
+            (garbage, has_ready, s.timers.next_when())
         });
-        for t in garbage {
-            t.0.get().set_scheduled(false);
-            release(t.0);
+        if !garbage.is_empty() {
+            for t in garbage {
+                t.0.get().set_scheduled(false);
+                release(t.0);
+            }
         }
 
         let timeout = if has_ready || this.stopping.load(Ordering::Relaxed) {
@@ -253,48 +262,49 @@ impl Loop {
                 Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs })
             })
         };
-        this.poll(py, timeout)?;
+        let fired = this.poll(py, timeout)?;
 
         // Due timers join the ready queue.
-        let cancelled = this.sched.with(py, |s| {
-            if s.timers.is_empty() {
-                return Vec::new();
-            }
-            let end = clock::monotonic() + this.resolution;
-            let mut cancelled = Vec::new();
-            while let Some(t) = s.timers.pop_due(end) {
-                let h = t.0;
-                h.get().set_scheduled(false);
-                if h.get().is_cancelled() {
-                    cancelled.push(h);
-                } else {
-                    s.ready.push(h);
+        if next_when.is_some() {
+            let cancelled = this.sched.with(py, |s| {
+                let end = clock::monotonic() + this.resolution;
+                let mut cancelled = Vec::new();
+                while let Some(t) = s.timers.pop_due(end) {
+                    let h = t.0;
+                    h.get().set_scheduled(false);
+                    if h.get().is_cancelled() {
+                        cancelled.push(h);
+                    } else {
+                        s.ready.push(h);
+                    }
                 }
+                cancelled
+            });
+            if !cancelled.is_empty() {
+                cancelled.into_iter().for_each(release);
             }
-            cancelled
-        });
-        cancelled.into_iter().for_each(release);
+        }
 
         let result = Self::run_ready(slf);
-        this.watches.with(py, |w| {
-            if let Some(w) = w {
-                w.rearm_fired();
-            }
-        });
+        if fired {
+            this.watches.with(py, |w| {
+                if let Some(w) = w {
+                    w.rearm_fired();
+                }
+            });
+        }
         result
     }
 
-    /// Polls for I/O and queues the handles of ready descriptors.
-    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
-        let nothing_watched = self
-            .watches
-            .with(py, |w| w.as_ref().is_none_or(|w| w.is_empty()));
-        let wake_pending = self
-            .waker
-            .with(py, |w| w.as_ref().is_some_and(|w| w.is_pending()));
-        if timeout == Some(Duration::ZERO) && nothing_watched && !wake_pending {
+    /// Polls for I/O and queues the handles of ready descriptors. Returns true if a
+    /// watched descriptor fired (it must be re-armed after the callbacks ran).
+    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
+        if timeout == Some(Duration::ZERO)
+            && !self.watching.load(Ordering::Relaxed)
+            && !self.waker.is_pending()
+        {
             // Nothing could be ready: skip the syscall.
-            return Ok(());
+            return Ok(false);
         }
         let polled = self.poller.with(py, |poller| -> std::io::Result<()> {
             let Some(poller) = poller else { return Ok(()) };
@@ -314,12 +324,13 @@ impl Loop {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                 py.check_signals()?;
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(os_error(e)),
         }
         let events = self.events.with(py, std::mem::take);
         let mut woken = false;
+        let mut fired = false;
         self.sched.with(py, |s| {
             self.watches.with(py, |w| {
                 for ev in events.iter() {
@@ -327,19 +338,16 @@ impl Loop {
                         woken = true;
                     } else if let Some(w) = w {
                         w.dispatch(py, *ev, &mut s.ready);
+                        fired = true;
                     }
                 }
             })
         });
         self.events.with(py, |buf| *buf = events);
         if woken {
-            self.waker.with(py, |w| {
-                if let Some(w) = w {
-                    w.reset();
-                }
-            });
+            self.waker.reset();
         }
-        Ok(())
+        Ok(fired)
     }
 
     /// Runs the callbacks that were ready when the pass began.
@@ -440,10 +448,12 @@ impl Loop {
         let watched = handle.clone().unbind();
         // On failure `set` drops `watched`, which is not the last reference: no Python
         // code runs while the state is borrowed.
-        let replaced = slf.get().watches.with(py, |w| match w {
+        let this = slf.get();
+        let replaced = this.watches.with(py, |w| match w {
             Some(w) => w.set(fd, side, watched).map_err(os_error),
             None => Err(closed_error()),
         })?;
+        this.watching.store(true, Ordering::Relaxed);
         untrack(&handle);
         if let Some(old) = replaced {
             Handle::cancel_bound(old.bind(py));
@@ -458,10 +468,12 @@ impl Loop {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd)?;
-        let removed = slf
-            .get()
-            .watches
-            .with(py, |w| w.as_mut().and_then(|w| w.remove(fd, side)));
+        let this = slf.get();
+        let (removed, watching) = this.watches.with(py, |w| match w {
+            Some(w) => (w.remove(fd, side), !w.is_empty()),
+            None => (None, false),
+        });
+        this.watching.store(watching, Ordering::Relaxed);
         Ok(match removed {
             Some(h) => {
                 Handle::cancel_bound(h.bind(py));
@@ -511,7 +523,8 @@ impl Loop {
             watches: GilCell::new(Some(FdWatches::new(registrar))),
             poller: GilCell::new(Some(poller)),
             events: GilCell::new(Vec::with_capacity(1024)),
-            waker: GilCell::new(Some(waker)),
+            waker,
+            watching: AtomicBool::new(false),
             state: GilCell::new(PyState::default()),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -524,80 +537,6 @@ impl Loop {
     }
 
     // ---- scheduling -------------------------------------------------------------
-
-    /// Arrange for `callback(*args)` to be called in the next iteration.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::make_handle(slf, callback, args, context, "call_soon", true)?,
-        )?;
-        untrack(&handle);
-        let queued = handle.clone().unbind();
-        slf.get().sched.with(py, |s| s.ready.push(queued));
-        Ok(handle)
-    }
-
-    /// Like `call_soon`, but safe to call from another thread: wakes the loop.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
-        )?;
-        untrack(&handle);
-        let queued = handle.clone().unbind();
-        let this = slf.get();
-        this.sched.with(py, |s| s.ready.push(queued));
-        this.wake(py);
-        Ok(handle)
-    }
-
-    /// Arrange for `callback(*args)` to be called after `delay` seconds.
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later<'py>(
-        slf: &Bound<'py, Self>,
-        delay: &Bound<'py, PyAny>,
-        callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let delay: f64 = delay.extract()?;
-        let handle = Self::make_handle(slf, callback, args, context, "call_later", true)?;
-        Self::schedule_timer(slf, clock::monotonic() + delay, handle)
-    }
-
-    /// Arrange for `callback(*args)` to be called at loop time `when`.
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at<'py>(
-        slf: &Bound<'py, Self>,
-        when: &Bound<'py, PyAny>,
-        callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when: f64 = when.extract()?;
-        let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
-        Self::schedule_timer(slf, when, handle)
-    }
 
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
@@ -727,7 +666,6 @@ impl Loop {
             .with(py, |s| (s.ready.take_all(), s.timers.take_all()));
         let watches = this.watches.with(py, |w| w.take());
         let poller = this.poller.with(py, |p| p.take());
-        let waker = this.waker.with(py, |w| w.take());
         let executor = this.state.with(py, |s| {
             s.executor_shutdown_called = true;
             s.default_executor.take()
@@ -736,7 +674,8 @@ impl Loop {
         ready.into_iter().for_each(release);
         timers.into_iter().for_each(|t| release(t.0));
         watch_handles.into_iter().for_each(release);
-        drop((poller, waker));
+        drop(poller);
+        this.watching.store(false, Ordering::Relaxed);
         if let Some(executor) = executor {
             let kwargs = PyDict::new(py);
             kwargs.set_item("wait", false)?;
@@ -979,7 +918,7 @@ impl Loop {
         if this.is_running() {
             let f = py_refs::set_coro_tracking_depth(py)?;
             let depth = if enabled { 20 } else { 0 };
-            Self::call_soon_threadsafe(slf, f, PyTuple::new(py, [depth])?, None)?;
+            Self::call_soon_threadsafe_impl(slf, f, PyTuple::new(py, [depth])?, None)?;
         }
         Ok(())
     }
@@ -1019,9 +958,79 @@ impl Loop {
     }
 }
 
+/// The scheduling methods. Python reaches them through the entry points in `fastcall`.
+impl Loop {
+    pub(crate) fn call_soon_impl<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::make_handle(slf, callback, args, context, "call_soon", true)?,
+        )?;
+        untrack(&handle);
+        let queued = handle.clone().unbind();
+        slf.get().sched.with(py, |s| s.ready.push(queued));
+        Ok(handle)
+    }
+
+    pub(crate) fn call_soon_threadsafe_impl<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
+        )?;
+        untrack(&handle);
+        let queued = handle.clone().unbind();
+        let this = slf.get();
+        this.sched.with(py, |s| s.ready.push(queued));
+        this.wake();
+        Ok(handle)
+    }
+
+    pub(crate) fn call_later_impl<'py>(
+        slf: &Bound<'py, Self>,
+        delay: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        let handle = Self::make_handle(slf, callback, args, context, "call_later", true)?;
+        Self::schedule_timer(slf, clock::monotonic() + delay, handle)
+    }
+
+    pub(crate) fn call_at_impl<'py>(
+        slf: &Bound<'py, Self>,
+        when: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
+        Self::schedule_timer(slf, when, handle)
+    }
+}
+
 /// Registers the loop's Python-visible helpers on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Loop>()?;
+    crate::fastcall::install(&m.py().get_type::<Loop>())?;
     m.add_function(wrap_pyfunction!(_run_until_complete_cb, m)?)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod callback_check;
 mod errors;
 mod event_loop;
 mod executor;
+mod fastcall;
 mod fd_watch;
 mod gil_cell;
 mod handle;
