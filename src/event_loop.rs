@@ -23,7 +23,7 @@ use crate::errors;
 use crate::executor;
 use crate::fd_watch::{fileobj_to_fd, FdWatches, Side};
 use crate::gil_cell::GilCell;
-use crate::handle::{release, untrack, Handle, TimerHandle};
+use crate::handle::{release, untrack, CallArgs, Handle, TimerHandle};
 use crate::py_refs;
 
 const WAKER_TOKEN: usize = usize::MAX;
@@ -159,7 +159,7 @@ impl Loop {
     fn make_handle(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: CallArgs<'_>,
         context: Option<Bound<'_, PyAny>>,
         method: &str,
         check_thread: bool,
@@ -191,9 +191,8 @@ impl Loop {
             None
         };
         Handle::new(
-            py,
             callback.clone().unbind(),
-            args.unbind(),
+            args,
             context,
             private_context,
             source_traceback,
@@ -443,7 +442,7 @@ impl Loop {
         let fd = fileobj_to_fd(fd)?;
         let handle = Bound::new(
             py,
-            Self::make_handle(slf, callback, args, None, method, true)?,
+            Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, true)?,
         )?;
         let watched = handle.clone().unbind();
         // On failure `set` drops `watched`, which is not the last reference: no Python
@@ -918,7 +917,12 @@ impl Loop {
         if this.is_running() {
             let f = py_refs::set_coro_tracking_depth(py)?;
             let depth = if enabled { 20 } else { 0 };
-            Self::call_soon_threadsafe_impl(slf, f, PyTuple::new(py, [depth])?, None)?;
+            Self::call_soon_threadsafe_impl(
+                slf,
+                f,
+                CallArgs::One(pyo3::types::PyInt::new(py, depth).into_any()),
+                None,
+            )?;
         }
         Ok(())
     }
@@ -963,7 +967,7 @@ impl Loop {
     pub(crate) fn call_soon_impl<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
@@ -980,7 +984,7 @@ impl Loop {
     pub(crate) fn call_soon_threadsafe_impl<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
@@ -1000,7 +1004,7 @@ impl Loop {
         slf: &Bound<'py, Self>,
         delay: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         if delay.is_none() {
@@ -1015,7 +1019,7 @@ impl Loop {
         slf: &Bound<'py, Self>,
         when: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         if when.is_none() {

@@ -15,12 +15,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::Loop;
+use crate::handle::CallArgs;
 
 /// The arguments of a scheduling call: `fixed` leading positionals, then `*args`, then
 /// the keyword-only `context`.
 struct SchedulingArgs<'py, const N: usize> {
     fixed: [Bound<'py, PyAny>; N],
-    rest: Bound<'py, PyTuple>,
+    rest: CallArgs<'py>,
     context: Option<Bound<'py, PyAny>>,
 }
 
@@ -54,17 +55,18 @@ unsafe fn parse<'py, const N: usize>(
     let positional = unsafe { std::slice::from_raw_parts(args, nargs) };
     let fixed: [Bound<'py, PyAny>; N] =
         std::array::from_fn(|i| unsafe { Bound::from_borrowed_ptr(py, positional[i]) });
-    let rest = if nargs == N {
-        PyTuple::empty(py)
-    } else {
+    let rest = match nargs - N {
+        0 => CallArgs::Tuple(PyTuple::empty(py)),
+        // SAFETY: a live borrowed reference, per the contract.
+        1 => CallArgs::One(unsafe { Bound::from_borrowed_ptr(py, positional[N]) }),
         // SAFETY: the items are live borrowed references; from_borrowed_ptr takes new
         // references for the tuple.
-        PyTuple::new(
+        _ => CallArgs::Tuple(PyTuple::new(
             py,
             positional[N..]
                 .iter()
                 .map(|&p| unsafe { Bound::from_borrowed_ptr(py, p) }),
-        )?
+        )?),
     };
     let mut context = None;
     if !kwnames.is_null() {

@@ -29,18 +29,34 @@ const PRIVATE_CONTEXT: u8 = 2;
 const TRACED: u8 = 4;
 /// A timer that sits in its loop's heap; its cancellation is counted there.
 const SCHEDULED: u8 = 8;
+/// `payload` is the callback's single argument itself, not a tuple: the shape of every
+/// future callback (`cb(fut)`), stored without allocating a tuple.
+const SINGLE_ARG: u8 = 16;
+
+/// The positional arguments a callback is scheduled with.
+pub(crate) enum CallArgs<'py> {
+    /// Any number of arguments, as a tuple.
+    Tuple(Bound<'py, PyTuple>),
+    /// Exactly one argument.
+    One(Bound<'py, PyAny>),
+}
+
+impl<'py> CallArgs<'py> {
+    fn into_tuple(self) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            CallArgs::Tuple(t) => Ok(t),
+            CallArgs::One(a) => PyTuple::new(a.py(), [a]),
+        }
+    }
+}
 
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or `add_reader`.
-#[pyclass(
-    frozen,
-    subclass,
-    freelist = 1024,
-    module = "oxio._oxio",
-    name = "Handle"
-)]
+#[pyclass(frozen, subclass, module = "oxio._oxio", name = "Handle")]
 pub struct Handle {
     callback: Py<PyAny>,
-    payload: Py<PyTuple>,
+    /// The argument tuple; or the single argument (SINGLE_ARG); or, in debug mode,
+    /// `(argument tuple, source traceback)` (TRACED).
+    payload: Py<PyAny>,
     context: Py<PyAny>,
     flags: AtomicU8,
 }
@@ -50,19 +66,25 @@ impl Handle {
     /// is a copy made for this handle alone; `source_traceback` is debug mode's record
     /// of where the handle was created.
     pub(crate) fn new(
-        py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: CallArgs<'_>,
         context: Py<PyAny>,
         private_context: bool,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let mut flags = if private_context { PRIVATE_CONTEXT } else { 0 };
-        let payload = match source_traceback {
-            None => args,
-            Some(tb) => {
+        let payload = match (source_traceback, args) {
+            (None, CallArgs::Tuple(t)) => t.into_any().unbind(),
+            (None, CallArgs::One(a)) => {
+                flags |= SINGLE_ARG;
+                a.unbind()
+            }
+            (Some(tb), args) => {
                 flags |= TRACED;
-                PyTuple::new(py, [args.into_any(), tb])?.unbind()
+                let args = args.into_tuple()?;
+                PyTuple::new(args.py(), [args.into_any().unbind(), tb])?
+                    .into_any()
+                    .unbind()
             }
         };
         Ok(Handle {
@@ -98,21 +120,25 @@ impl Handle {
         }
     }
 
-    /// The callback's positional arguments.
-    #[inline]
+    /// The callback's positional arguments, as a tuple.
     pub(crate) fn args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
         let payload = self.payload.bind(py);
-        if self.flag(TRACED) {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & TRACED != 0 {
             // SAFETY: a TRACED payload is the 2-tuple built in `new`, whose first item
             // is the argument tuple.
             unsafe {
                 payload
+                    .cast_unchecked::<PyTuple>()
                     .get_borrowed_item_unchecked(0)
                     .cast_unchecked::<PyTuple>()
                     .to_owned()
             }
+        } else if flags & SINGLE_ARG != 0 {
+            PyTuple::new(py, [payload]).expect("a 1-tuple")
         } else {
-            payload.clone()
+            // SAFETY: without TRACED or SINGLE_ARG, the payload is the argument tuple.
+            unsafe { payload.cast_unchecked::<PyTuple>().clone() }
         }
     }
 
@@ -123,6 +149,7 @@ impl Handle {
             Some(unsafe {
                 self.payload
                     .bind(py)
+                    .cast_unchecked::<PyTuple>()
                     .get_borrowed_item_unchecked(1)
                     .to_owned()
             })
@@ -135,29 +162,30 @@ impl Handle {
     #[inline]
     pub(crate) fn invoke(&self, py: Python<'_>) -> PyResult<()> {
         let ctx = self.context.as_ptr();
-        let args = self.args(py);
-        // SAFETY: `ctx` is a live contextvars.Context (checked at creation), the callback
-        // and the argument tuple are kept alive by `self` and `args` for the whole call,
-        // and the argument pointer is the tuple's own item array, valid for `nargs`
-        // items. Enter and Exit are paired on every path.
+        let single = self.flag(SINGLE_ARG);
+        let args = if single { None } else { Some(self.args(py)) };
+        let mut one = [self.payload.as_ptr()];
+        // SAFETY: `ctx` is a live contextvars.Context (checked at creation); the
+        // callback, the single argument and the argument tuple are kept alive by `self`
+        // and `args` for the whole call, and the argument pointer is either `one` or the
+        // tuple's own item array, valid for `nargs` items. Enter and Exit are paired on
+        // every path.
         unsafe {
             if ffi::PyContext_Enter(ctx) != 0 {
                 return Err(PyErr::fetch(py));
             }
-            let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
-            let argv = if nargs == 0 {
-                std::ptr::null_mut()
-            } else {
-                (*(args.as_ptr() as *mut ffi::PyTupleObject))
-                    .ob_item
-                    .as_mut_ptr()
+            let (argv, nargs) = match &args {
+                None => (one.as_mut_ptr(), 1),
+                Some(t) => {
+                    let n = ffi::PyTuple_GET_SIZE(t.as_ptr()) as usize;
+                    let items = (*(t.as_ptr() as *mut ffi::PyTupleObject))
+                        .ob_item
+                        .as_mut_ptr();
+                    (if n == 0 { std::ptr::null_mut() } else { items }, n)
+                }
             };
-            let result = ffi::PyObject_Vectorcall(
-                self.callback.as_ptr(),
-                argv,
-                nargs as usize,
-                std::ptr::null_mut(),
-            );
+            let result =
+                ffi::PyObject_Vectorcall(self.callback.as_ptr(), argv, nargs, std::ptr::null_mut());
             let err = if result.is_null() {
                 Some(PyErr::fetch(py))
             } else {
@@ -350,7 +378,7 @@ impl Handle {
 }
 
 /// A callback scheduled for a time, by `call_later` or `call_at`.
-#[pyclass(frozen, extends = Handle, freelist = 1024, module = "oxio._oxio", name = "TimerHandle")]
+#[pyclass(frozen, extends = Handle, module = "oxio._oxio", name = "TimerHandle")]
 pub struct TimerHandle {
     /// When the loop should run it, as given (NaN included).
     when: f64,

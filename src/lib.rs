@@ -13,6 +13,7 @@ mod fastcall;
 mod fd_watch;
 mod gil_cell;
 mod handle;
+mod handle_alloc;
 mod py_refs;
 
 use pyo3::prelude::*;
@@ -24,5 +25,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    handle_alloc::install(&m.py().get_type::<handle::Handle>());
+    handle_alloc::install(&m.py().get_type::<handle::TimerHandle>());
     Ok(())
 }
