@@ -59,7 +59,9 @@ pub fn call_exception_handler(lp: &Bound<'_, Loop>, context: &Bound<'_, PyAny>) 
                 }
                 let ctx = PyDict::new(py);
                 ctx.set_item("message", "Unhandled error in exception handler")?;
-                ctx.set_item("exception", e.value(py))?;
+                // into_value attaches the traceback to the exception object (on 3.11
+                // value() does not), so the log shows where the handler failed.
+                ctx.set_item("exception", e.into_value(py))?;
                 ctx.set_item("context", context)?;
                 if let Err(e2) = lp.call_method1("default_exception_handler", (ctx,)) {
                     if is_exit_exception(py, &e2) {
