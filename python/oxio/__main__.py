@@ -3,6 +3,7 @@ run a program with oxio installed as the asyncio event loop policy."""
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 
@@ -24,6 +25,8 @@ def main(argv: list[str]) -> int:
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = argv[:]
+        # As `python script.py` does: the script's directory comes first on sys.path.
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
         runpy.run_path(argv[0], run_name="__main__")
     return 0
 
