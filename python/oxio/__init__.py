@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 from . import _oxio
 
@@ -116,5 +117,3 @@ def _cancel_all_tasks(loop: Loop) -> None:
                     "task": task,
                 }
             )
-
-

@@ -1,0 +1,98 @@
+"""Micro benchmarks of the loop's scheduling core.
+
+Each benchmark takes a loop and a size, runs the workload once, and returns the number
+of operations it performed; the runner times it. The loop is created by the runner and
+is not part of the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+Benchmark = Callable[[asyncio.AbstractEventLoop, int], int]
+
+
+def _noop(*args: object) -> None:
+    pass
+
+
+def call_soon(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """Schedule n callbacks with call_soon, then run them all (scheduling + running)."""
+    schedule = loop.call_soon
+    for _ in range(n):
+        schedule(_noop)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    return n
+
+
+def call_soon_3_args(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """As call_soon, each callback with three arguments."""
+    schedule = loop.call_soon
+    for _ in range(n):
+        schedule(_noop, 1, 2, 3)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    return n
+
+
+def call_later_cancel(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """Schedule n timers with call_later and cancel each; one iteration then drops them."""
+    later = loop.call_later
+    for _ in range(n):
+        later(10.0, _noop).cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    return n
+
+
+def sleep0(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """One coroutine awaiting asyncio.sleep(0) n times: n loop iterations."""
+
+    async def main() -> None:
+        sleep = asyncio.sleep
+        for _ in range(n):
+            await sleep(0)
+
+    loop.run_until_complete(main())
+    return n
+
+
+def future_round_trip(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """create_future, call_soon(fut.set_result), await the future; n times."""
+
+    async def main() -> None:
+        create = loop.create_future
+        schedule = loop.call_soon
+        for i in range(n):
+            fut = create()
+            schedule(fut.set_result, i)
+            await fut
+
+    loop.run_until_complete(main())
+    return n
+
+
+def gather_tasks(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """gather() of n trivial tasks (n is 50,000 in a full run)."""
+
+    async def trivial() -> int:
+        return 1
+
+    async def main() -> None:
+        await asyncio.gather(*(trivial() for _ in range(n)))
+
+    loop.run_until_complete(main())
+    return n
+
+
+#: name -> (function, size in a full run, size in a smoke run)
+BENCHMARKS: dict[str, tuple] = {
+    "call_soon": (call_soon, 200_000, 200),
+    "call_soon 3 args": (call_soon_3_args, 200_000, 200),
+    "call_later + cancel": (call_later_cancel, 200_000, 200),
+    "sleep(0)": (sleep0, 200_000, 200),
+    "future round trip": (future_round_trip, 200_000, 200),
+    "gather 50k tasks": (gather_tasks, 50_000, 200),
+}
