@@ -235,7 +235,7 @@ impl Loop {
         let (garbage, has_ready, next_when) = this.sched.with(py, |s| {
             let has_ready = !s.ready.is_empty();
             if s.timers.is_empty() {
-                return (Vec::new(), has_ready, None);
+                return (None, has_ready, None);
             }
             let mut garbage = Vec::new();
             if s.timers.wants_compaction() {
@@ -244,9 +244,9 @@ impl Loop {
             while let Some(t) = s.timers.pop_cancelled_head() {
                 garbage.push(t);
             }
-            (garbage, has_ready, s.timers.next_when())
+            (Some(garbage), has_ready, s.timers.next_when())
         });
-        if !garbage.is_empty() {
+        if let Some(garbage) = garbage {
             for t in garbage {
                 t.0.get().set_scheduled(false);
                 release(t.0);
@@ -419,6 +419,20 @@ impl Loop {
         Ok(())
     }
 
+    /// True if `_run_once` was replaced on the instance. Asks through getattr rather
+    /// than `__dict__`: reading `__dict__` materializes the instance dict, which makes
+    /// every later attribute lookup on the loop (`loop.call_soon` from each Task step)
+    /// slower.
+    fn run_once_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let found = slf.getattr(pyo3::intern!(slf.py(), "_run_once"))?;
+        // SAFETY: type checks and a field read on a live object.
+        let ours = unsafe {
+            ffi::PyCFunction_Check(found.as_ptr()) != 0
+                && ffi::PyCFunction_GetSelf(found.as_ptr()) == slf.as_ptr()
+        };
+        Ok(!ours)
+    }
+
     fn set_coroutine_origin_tracking(py: Python<'_>, enabled: bool) -> PyResult<()> {
         // asyncio's debug mode records where coroutines were created.
         let depth = if enabled { 20 } else { 0 };
@@ -562,13 +576,7 @@ impl Loop {
             py_refs::set_running_loop(py)?.call1((slf,))?;
             // Instrumentation (CPython's own tests among it) may replace `_run_once` on
             // the instance; honour that, and otherwise take the direct path.
-            let instrumented = slf
-                .getattr(pyo3::intern!(py, "__dict__"))
-                .ok()
-                .and_then(|d| d.cast_into::<PyDict>().ok())
-                .map(|d| d.contains(pyo3::intern!(py, "_run_once")))
-                .transpose()?
-                .unwrap_or(false);
+            let instrumented = Self::run_once_overridden(slf)?;
             loop {
                 if instrumented {
                     slf.call_method0(pyo3::intern!(py, "_run_once"))?;

@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::Loop;
+use crate::gil_cell::GilCell;
 use crate::handle::CallArgs;
 
 /// The arguments of a scheduling call: `fixed` leading positionals, then `*args`, then
@@ -73,20 +74,20 @@ unsafe fn parse<'py, const N: usize>(
         // SAFETY: per the vectorcall protocol, a non-NULL kwnames is a tuple of str.
         let names =
             unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
-        let context_name = pyo3::intern!(py, "context");
-        for (i, kw) in names.iter().enumerate() {
-            let is_context = kw.as_ptr() == context_name.as_ptr()
-                || kw
-                    .cast::<PyString>()
-                    .is_ok_and(|s| s.to_str().is_ok_and(|s| s == "context"));
-            if !is_context {
-                return Err(PyTypeError::new_err(format!(
-                    "{name}() got an unexpected keyword argument '{}'",
-                    kw.str()?
-                )));
+        if is_context_only(&names) {
+            // SAFETY: the keyword value follows the positionals.
+            context = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs)) });
+        } else {
+            for (i, kw) in names.iter().enumerate() {
+                if !is_context_name(&kw) {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got an unexpected keyword argument '{}'",
+                        kw.str()?
+                    )));
+                }
+                // SAFETY: keyword values follow the positionals, one per name.
+                context = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + i)) });
             }
-            // SAFETY: keyword values follow the positionals, one per name.
-            context = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + i)) });
         }
     }
     Ok(SchedulingArgs {
@@ -94,6 +95,35 @@ unsafe fn parse<'py, const N: usize>(
         rest,
         context,
     })
+}
+
+fn is_context_name(kw: &Bound<'_, PyAny>) -> bool {
+    kw.as_ptr() == pyo3::intern!(kw.py(), "context").as_ptr()
+        || kw
+            .cast::<PyString>()
+            .is_ok_and(|s| s.to_str().is_ok_and(|s| s == "context"))
+}
+
+/// The last keyword-name tuple found to be exactly `("context",)`. Callers pass the same
+/// tuple every time (the C Task's is a module constant, a Python call site's lives in
+/// its code object), so one pointer comparison usually settles it. The cache holds a
+/// reference, so the address cannot be reused by another tuple while it is cached.
+static CONTEXT_KWNAMES: GilCell<Option<Py<PyTuple>>> = GilCell::new(None);
+
+fn is_context_only(names: &Bound<'_, PyTuple>) -> bool {
+    let py = names.py();
+    let hit = CONTEXT_KWNAMES.with(py, |c| {
+        c.as_ref().is_some_and(|t| t.as_ptr() == names.as_ptr())
+    });
+    if hit {
+        return true;
+    }
+    if names.len() != 1 || !names.get_item(0).is_ok_and(|kw| is_context_name(&kw)) {
+        return false;
+    }
+    let old = CONTEXT_KWNAMES.with(py, |c| c.replace(names.clone().unbind()));
+    drop(old);
+    true
 }
 
 /// # Safety

@@ -252,7 +252,9 @@ pub(crate) fn untrack(handle: &Bound<'_, Handle>) {
     // untracks only if tracked, and `release` re-tracks the context before it can be
     // deallocated (its dealloc assumes it is tracked).
     unsafe {
-        ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
+        if !crate::handle_alloc::born_untracked() {
+            ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
+        }
         let h = handle.get();
         if h.has_private_context() && ffi::PyObject_GC_IsTracked(h.context.as_ptr()) != 0 {
             ffi::PyObject_GC_UnTrack(h.context.as_ptr().cast());

@@ -14,9 +14,21 @@
 //! build keeps GC state in the object header instead) and a type without pre-header
 //! slots for managed dicts or weak references.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+
+/// True once both handle types allocate through this module (and so are never tracked
+/// at birth: `handle::untrack` need not untrack them).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// True when handles are allocated untracked (see the module docs).
+#[inline]
+pub fn born_untracked() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
 
 /// `PyGC_Head`: two words in front of every GC object on GIL builds.
 #[cfg(not(Py_GIL_DISABLED))]
@@ -57,9 +69,35 @@ unsafe extern "C" fn free(obj: *mut std::ffi::c_void) {
     unsafe { ffi::PyObject_Free((obj as *mut u8).sub(GC_HEADER).cast()) }
 }
 
-/// Installs the slots on `ty` if its layout is the one they assume; otherwise leaves the
-/// type with CPython's allocator.
-pub fn install(ty: &Bound<'_, PyType>) {
+/// Installs the slots on both handle types if their layout is the one they assume;
+/// otherwise leaves them with CPython's allocator.
+pub fn install_all(types: &[Bound<'_, PyType>]) {
+    if types.iter().all(layout_fits) {
+        types.iter().for_each(install);
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
+fn layout_fits(ty: &Bound<'_, PyType>) -> bool {
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        let p = ty.as_type_ptr();
+        // SAFETY: reading plain fields of a live type object.
+        unsafe {
+            let flags = (*p).tp_flags;
+            flags & ffi::Py_TPFLAGS_HAVE_GC != 0
+                && flags & PREHEADER_FLAGS == 0
+                && (*p).tp_itemsize == 0
+        }
+    }
+    #[cfg(Py_GIL_DISABLED)]
+    {
+        let _ = ty;
+        false
+    }
+}
+
+fn install(ty: &Bound<'_, PyType>) {
     #[cfg(not(Py_GIL_DISABLED))]
     {
         let p = ty.as_type_ptr();
@@ -67,11 +105,6 @@ pub fn install(ty: &Bound<'_, PyType>) {
         // exists; tp_alloc/tp_free are plain fields of the full (non-limited) type
         // object, and PyType_Modified invalidates cached lookups.
         unsafe {
-            let flags = (*p).tp_flags;
-            let gc = flags & ffi::Py_TPFLAGS_HAVE_GC != 0;
-            if !gc || flags & PREHEADER_FLAGS != 0 || (*p).tp_itemsize != 0 {
-                return;
-            }
             (*p).tp_alloc = Some(alloc);
             (*p).tp_free = Some(free);
             ffi::PyType_Modified(p);

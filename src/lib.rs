@@ -25,7 +25,9 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
-    handle_alloc::install(&m.py().get_type::<handle::Handle>());
-    handle_alloc::install(&m.py().get_type::<handle::TimerHandle>());
+    handle_alloc::install_all(&[
+        m.py().get_type::<handle::Handle>(),
+        m.py().get_type::<handle::TimerHandle>(),
+    ]);
     Ok(())
 }
