@@ -54,7 +54,12 @@ async def main() -> None:
     await asyncio.sleep(0)
     sleeper.cancel()
     print("cancelled:", await asyncio.gather(sleeper, return_exceptions=True))
-    print("loop:", type(loop).__module__ + "." + type(loop).__qualname__, "request_id:", request_id.get())
+    print(
+        "loop:",
+        type(loop).__module__ + "." + type(loop).__qualname__,
+        "request_id:",
+        request_id.get(),
+    )
 
 
 if __name__ == "__main__":
