@@ -1019,7 +1019,8 @@ impl Loop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        let handle = Self::make_handle(slf, callback, args, context, "call_later", true)?;
+        // asyncio's call_later delegates to call_at, and its errors name call_at().
+        let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
         Self::schedule_timer(slf, clock::monotonic() + delay, handle)
     }
 
