@@ -200,6 +200,7 @@ def test_methods_of_a_closed_loop_raise(loop):
     for name, call in calls.items():
         with pytest.raises(RuntimeError, match="Event loop is closed"):
             call()
+            pytest.fail(f"{name} did not raise")
     c = coro()
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         loop.create_task(c)
