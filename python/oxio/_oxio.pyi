@@ -6,7 +6,7 @@ import contextvars
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from typing_extensions import Unpack, TypeVarTuple
+from typing_extensions import TypeVarTuple, Unpack
 
 __version__: str
 
@@ -108,7 +108,9 @@ class Loop:
         *args: Unpack[_Ts],
     ) -> asyncio.Future[_T]: ...
     def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None: ...
-    def shutdown_default_executor(self, timeout: float | None = None) -> Coroutine[Any, Any, None]: ...
+    def shutdown_default_executor(
+        self, timeout: float | None = None
+    ) -> Coroutine[Any, Any, None]: ...
     def shutdown_asyncgens(self) -> Coroutine[Any, Any, None]: ...
     # debug
     def get_debug(self) -> bool: ...
