@@ -972,39 +972,42 @@ impl Loop {
 
 /// The scheduling methods. Python reaches them through the entry points in `fastcall`.
 impl Loop {
-    pub(crate) fn call_soon_impl<'py>(
+    /// Makes a handle and queues it to run in the next iteration.
+    fn enqueue<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
         args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
+        method: &str,
+        check_thread: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::make_handle(slf, callback, args, context, "call_soon", true)?,
-        )?;
+        let handle = Self::make_handle(slf, callback, args, context, method, check_thread)?;
+        let handle = Bound::new(py, handle)?;
         untrack(&handle);
         let queued = handle.clone().unbind();
         slf.get().sched.with(py, |s| s.ready.push(queued));
         Ok(handle)
     }
 
+    pub(crate) fn call_soon_impl<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: CallArgs<'py>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::enqueue(slf, callback, args, context, "call_soon", true)
+    }
+
+    /// As `call_soon`, from any thread (no thread check in debug mode), waking the poller.
     pub(crate) fn call_soon_threadsafe_impl<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
         args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
-        )?;
-        untrack(&handle);
-        let queued = handle.clone().unbind();
-        let this = slf.get();
-        this.sched.with(py, |s| s.ready.push(queued));
-        this.wake();
+        let handle = Self::enqueue(slf, callback, args, context, "call_soon_threadsafe", false)?;
+        slf.get().wake();
         Ok(handle)
     }
 
