@@ -419,18 +419,49 @@ impl Loop {
         Ok(())
     }
 
+    /// While the loop runs, keeps one bound `call_soon` among the instance's attributes.
+    ///
+    /// asyncio's C Task and Future look `loop.call_soon` up on every step and every
+    /// callback they schedule; each lookup of a method allocates a bound-method object
+    /// (a GC-counted one). Found on the instance, the lookup allocates nothing. Only done
+    /// when nobody has put their own `call_soon` on the instance; returns what was set.
+    fn cache_bound_call_soon<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let name = pyo3::intern!(slf.py(), "call_soon");
+        let found = slf.getattr(name)?;
+        if !Self::is_own_builtin(slf, &found) {
+            return Ok(None);
+        }
+        match slf.setattr(name, &found) {
+            Ok(()) => Ok(Some(found)),
+            Err(_) => Ok(None), // an instance without attributes: just no shortcut
+        }
+    }
+
+    /// Removes the cached bound `call_soon` unless something replaced it meanwhile.
+    fn uncache_bound_call_soon(slf: &Bound<'_, Self>, cached: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = pyo3::intern!(slf.py(), "call_soon");
+        if slf.getattr(name)?.is(cached) {
+            slf.delattr(name)?;
+        }
+        Ok(())
+    }
+
+    /// True if `obj` is one of this class's own built-in methods, bound to `slf`.
+    fn is_own_builtin(slf: &Bound<'_, Self>, obj: &Bound<'_, PyAny>) -> bool {
+        // SAFETY: type checks and a field read on a live object.
+        unsafe {
+            ffi::PyCFunction_Check(obj.as_ptr()) != 0
+                && ffi::PyCFunction_GetSelf(obj.as_ptr()) == slf.as_ptr()
+        }
+    }
+
     /// True if `_run_once` was replaced on the instance. Asks through getattr rather
     /// than `__dict__`: reading `__dict__` materializes the instance dict, which makes
     /// every later attribute lookup on the loop (`loop.call_soon` from each Task step)
     /// slower.
     fn run_once_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let found = slf.getattr(pyo3::intern!(slf.py(), "_run_once"))?;
-        // SAFETY: type checks and a field read on a live object.
-        let ours = unsafe {
-            ffi::PyCFunction_Check(found.as_ptr()) != 0
-                && ffi::PyCFunction_GetSelf(found.as_ptr()) == slf.as_ptr()
-        };
-        Ok(!ours)
+        Ok(!Self::is_own_builtin(slf, &found))
     }
 
     fn set_coroutine_origin_tracking(py: Python<'_>, enabled: bool) -> PyResult<()> {
@@ -568,12 +599,14 @@ impl Loop {
         let old_hooks = py_refs::get_asyncgen_hooks(py)?.call0()?;
         this.thread_id
             .store(current_thread_ident(), Ordering::Relaxed);
+        let mut bound_call_soon = None;
         let result = (|| -> PyResult<()> {
             let kwargs = PyDict::new(py);
             kwargs.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
             kwargs.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
             py_refs::set_asyncgen_hooks(py)?.call((), Some(&kwargs))?;
             py_refs::set_running_loop(py)?.call1((slf,))?;
+            bound_call_soon = Self::cache_bound_call_soon(slf)?;
             // Instrumentation (CPython's own tests among it) may replace `_run_once` on
             // the instance; honour that, and otherwise take the direct path.
             let instrumented = Self::run_once_overridden(slf)?;
@@ -592,6 +625,9 @@ impl Loop {
         this.stopping.store(false, Ordering::Relaxed);
         this.thread_id.store(0, Ordering::Relaxed);
         let cleanup = (|| -> PyResult<()> {
+            if let Some(cached) = bound_call_soon {
+                Self::uncache_bound_call_soon(slf, &cached)?;
+            }
             py_refs::set_running_loop(py)?.call1((py.None(),))?;
             Self::set_coroutine_origin_tracking(py, false)?;
             py_refs::set_asyncgen_hooks(py)?.call1(old_hooks.cast::<PyTuple>()?.clone())?;
