@@ -25,8 +25,41 @@ pub fn report_callback_error(
     let py = lp.py();
     let exc = err.into_value(py).into_bound(py).into_any();
     let ctx = error_context(py, handle_obj, handle, &exc)?;
+    // asyncio calls the handler from its `except` block: inside it, sys.exc_info() is
+    // the callback's exception, and an error the handler raises has it as __context__.
+    let _handling = HandlingException::enter(&exc);
     lp.call_method1(pyo3::intern!(py, "call_exception_handler"), (ctx,))?;
     Ok(())
+}
+
+/// Makes `exc` the exception being handled (`sys.exc_info()`) until dropped, as an
+/// `except` block does, then restores the previous one.
+struct HandlingException {
+    saved: [*mut pyo3::ffi::PyObject; 3],
+}
+
+impl HandlingException {
+    fn enter(exc: &Bound<'_, PyAny>) -> Self {
+        let mut saved = [std::ptr::null_mut(); 3];
+        // SAFETY: the GIL is held. PyErr_GetExcInfo hands out new references (kept in
+        // `saved` until `drop` gives them back to PyErr_SetExcInfo, which steals them);
+        // SetExcInfo steals the three new references made here.
+        unsafe {
+            pyo3::ffi::PyErr_GetExcInfo(&mut saved[0], &mut saved[1], &mut saved[2]);
+            let ty = exc.get_type().into_any().into_ptr();
+            let tb = pyo3::ffi::PyException_GetTraceback(exc.as_ptr());
+            pyo3::ffi::PyErr_SetExcInfo(ty, exc.clone().into_ptr(), tb);
+        }
+        Self { saved }
+    }
+}
+
+impl Drop for HandlingException {
+    fn drop(&mut self) {
+        // SAFETY: restores what `enter` saved, transferring the references back; the
+        // GIL is held by the thread that created the guard, which drops it.
+        unsafe { pyo3::ffi::PyErr_SetExcInfo(self.saved[0], self.saved[1], self.saved[2]) }
+    }
 }
 
 fn log_error_with_traceback(py: Python<'_>, msg: &str) -> PyResult<()> {

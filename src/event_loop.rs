@@ -77,7 +77,7 @@ pub struct Loop {
     /// Debug mode warns about callbacks that take longer than this (seconds), as a float.
     slow_callback_duration: AtomicU64,
     resolution: f64,
-    code_cache: CodeFlagsCache,
+    pub(crate) code_cache: CodeFlagsCache,
 }
 
 fn closed_error() -> PyErr {
@@ -191,6 +191,7 @@ impl Loop {
             None
         };
         Handle::new(
+            slf.clone().unbind(),
             callback.clone().unbind(),
             args,
             context,
@@ -206,8 +207,7 @@ impl Loop {
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = slf.py();
         handle.set_scheduled(true);
-        let init = PyClassInitializer::from(handle)
-            .add_subclass(TimerHandle::new(when, slf.clone().unbind()));
+        let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Bound::new(py, init)?;
         let base = timer.as_super();
         untrack(base);
@@ -487,7 +487,7 @@ impl Loop {
         let fd = fileobj_to_fd(fd)?;
         let handle = Bound::new(
             py,
-            Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, true)?,
+            Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, false)?,
         )?;
         let watched = handle.clone().unbind();
         // On failure `set` drops `watched`, which is not the last reference: no Python

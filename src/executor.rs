@@ -44,11 +44,8 @@ pub fn run_in_executor<'py>(
     let py = slf.py();
     let this = slf.get();
     this.check_closed()?;
-    if this.is_debug() && !func.is_callable() {
-        return Err(PyTypeError::new_err(format!(
-            "a callable object was expected by run_in_executor(), got {}",
-            func.repr()?
-        )));
+    if this.is_debug() {
+        crate::callback_check::check_callback(&this.code_cache, func, "run_in_executor", true)?;
     }
     let executor = if executor.is_none() {
         default_executor(slf)?

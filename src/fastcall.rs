@@ -187,22 +187,22 @@ pub fn install(loop_type: &Bound<'_, PyType>) -> PyResult<()> {
         (
             c"call_soon",
             get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon),
-            c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called in the next iteration.",
+            c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called in the next iteration.",
         ),
         (
             c"call_soon_threadsafe",
             get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon_threadsafe),
-            c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), but safe to call from another thread: wakes the loop.",
+            c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but safe to call from another thread: wakes the loop.",
         ),
         (
             c"call_later",
             get_trampoline_function!(fastcall_cfunction_with_keywords, call_later),
-            c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds.",
+            c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds.",
         ),
         (
             c"call_at",
             get_trampoline_function!(fastcall_cfunction_with_keywords, call_at),
-            c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when.",
+            c"call_at($self, when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when.",
         ),
     ];
     for (name, meth, doc) in methods {

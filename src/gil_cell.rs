@@ -56,3 +56,52 @@ impl<T> GilCell<T> {
         f(unsafe { &mut *self.value.get() })
     }
 }
+
+/// An optional Python reference that can be cleared while shared, guarded by the GIL.
+///
+/// Cheaper than a [`GilCell`] (no borrow flag: one pointer) because its operations
+/// never hand out a reference into the slot: [`GilSlot::get`] returns a new strong
+/// reference and [`GilSlot::take`] moves the value out, so no Python code can run while
+/// the slot is being accessed, and whatever is removed is dropped by the caller.
+pub struct GilSlot<T> {
+    value: UnsafeCell<Option<pyo3::Py<T>>>,
+}
+
+// SAFETY: every access requires a `Python` token (the GIL is held; the module declares
+// it needs the GIL) and completes without running Python code, so accesses never overlap.
+unsafe impl<T> Sync for GilSlot<T> {}
+
+impl<T> GilSlot<T> {
+    /// A slot holding `value`.
+    pub const fn new(value: pyo3::Py<T>) -> Self {
+        Self {
+            value: UnsafeCell::new(Some(value)),
+        }
+    }
+
+    /// A new strong reference to the value, if the slot still holds one.
+    #[inline]
+    pub fn get(&self, py: Python<'_>) -> Option<pyo3::Py<T>> {
+        // SAFETY: the GIL is held and clone_ref only increments a reference count, so no
+        // other access to the slot can happen while this shared reference exists.
+        unsafe { (*self.value.get()).as_ref().map(|v| v.clone_ref(py)) }
+    }
+
+    /// Empties the slot, handing the value to the caller to drop.
+    #[inline]
+    pub fn take(&self, _py: Python<'_>) -> Option<pyo3::Py<T>> {
+        // SAFETY: the GIL is held and moving the value out runs no Python code, so no
+        // other access to the slot overlaps this one.
+        unsafe { (*self.value.get()).take() }
+    }
+}
+
+impl<T> GilSlot<T> {
+    /// Reports the value to the garbage collector during `__traverse__`.
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        // SAFETY: traversal runs with the GIL held, inside the collector, which runs no
+        // code that could access the slot concurrently; only a shared reference is taken
+        // for the duration of the call.
+        visit.call(unsafe { (*self.value.get()).as_ref() })
+    }
+}

@@ -19,6 +19,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::Loop;
+use crate::gil_cell::GilSlot;
 use crate::py_refs;
 
 /// The handle was cancelled; it never runs.
@@ -53,11 +54,15 @@ impl<'py> CallArgs<'py> {
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or `add_reader`.
 #[pyclass(frozen, subclass, module = "oxio._oxio", name = "Handle")]
 pub struct Handle {
-    callback: Py<PyAny>,
+    /// Cleared by `cancel()` outside debug mode, as asyncio does, so a cancelled timer
+    /// stops keeping its callback's objects alive.
+    callback: GilSlot<PyAny>,
     /// The argument tuple; or the single argument (SINGLE_ARG); or, in debug mode,
-    /// `(argument tuple, source traceback)` (TRACED).
-    payload: Py<PyAny>,
+    /// `(argument tuple, source traceback)` (TRACED). Cleared with the callback.
+    payload: GilSlot<PyAny>,
     context: Py<PyAny>,
+    /// The loop the handle was scheduled on, which `_run()` reports errors to.
+    owner: Py<Loop>,
     flags: AtomicU8,
 }
 
@@ -66,6 +71,7 @@ impl Handle {
     /// is a copy made for this handle alone; `source_traceback` is debug mode's record
     /// of where the handle was created.
     pub(crate) fn new(
+        owner: Py<Loop>,
         callback: Py<PyAny>,
         args: CallArgs<'_>,
         context: Py<PyAny>,
@@ -88,9 +94,10 @@ impl Handle {
             }
         };
         Ok(Handle {
-            callback,
-            payload,
+            callback: GilSlot::new(callback),
+            payload: GilSlot::new(payload),
             context,
+            owner,
             flags: AtomicU8::new(flags),
         })
     }
@@ -120,9 +127,12 @@ impl Handle {
         }
     }
 
-    /// The callback's positional arguments, as a tuple.
+    /// The callback's positional arguments, as a tuple (empty once cleared by cancel).
     pub(crate) fn args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
-        let payload = self.payload.bind(py);
+        let Some(payload) = self.payload.get(py) else {
+            return PyTuple::empty(py);
+        };
+        let payload = payload.into_bound(py);
         let flags = self.flags.load(Ordering::Relaxed);
         if flags & TRACED != 0 {
             // SAFETY: a TRACED payload is the 2-tuple built in `new`, whose first item
@@ -138,38 +148,47 @@ impl Handle {
             PyTuple::new(py, [payload]).expect("a 1-tuple")
         } else {
             // SAFETY: without TRACED or SINGLE_ARG, the payload is the argument tuple.
-            unsafe { payload.cast_unchecked::<PyTuple>().clone() }
+            unsafe { payload.cast_into_unchecked::<PyTuple>() }
         }
     }
 
     /// Where the handle was created, in debug mode.
     pub(crate) fn source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        if self.flag(TRACED) {
-            // SAFETY: as in `args`: item 1 of a TRACED payload is the traceback.
-            Some(unsafe {
-                self.payload
-                    .bind(py)
-                    .cast_unchecked::<PyTuple>()
-                    .get_borrowed_item_unchecked(1)
-                    .to_owned()
-            })
-        } else {
-            None
+        if !self.flag(TRACED) {
+            return None;
         }
+        let payload = self.payload.get(py)?.into_bound(py);
+        // SAFETY: as in `args`: item 1 of a TRACED payload is the traceback.
+        Some(unsafe {
+            payload
+                .cast_unchecked::<PyTuple>()
+                .get_borrowed_item_unchecked(1)
+                .to_owned()
+        })
     }
 
     /// Runs the callback inside its context. Errors are returned, not reported.
     #[inline]
     pub(crate) fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        let ctx = self.context.as_ptr();
+        // Strong references for the duration of the call: the callback may cancel its
+        // own handle, which clears the slots.
+        let Some(callback) = self.callback.get(py) else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "'NoneType' object is not callable",
+            ));
+        };
         let single = self.flag(SINGLE_ARG);
+        let payload = self.payload.get(py);
         let args = if single { None } else { Some(self.args(py)) };
-        let mut one = [self.payload.as_ptr()];
+        let mut one = [payload
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |p| p.as_ptr())];
+        let ctx = self.context.as_ptr();
         // SAFETY: `ctx` is a live contextvars.Context (checked at creation); the
-        // callback, the single argument and the argument tuple are kept alive by `self`
-        // and `args` for the whole call, and the argument pointer is either `one` or the
-        // tuple's own item array, valid for `nargs` items. Enter and Exit are paired on
-        // every path.
+        // callback, the single argument and the argument tuple are kept alive by the
+        // strong references above for the whole call, and the argument pointer is either
+        // `one` or the tuple's own item array, valid for `nargs` items. Enter and Exit
+        // are paired on every path.
         unsafe {
             if ffi::PyContext_Enter(ctx) != 0 {
                 return Err(PyErr::fetch(py));
@@ -185,7 +204,7 @@ impl Handle {
                 }
             };
             let result =
-                ffi::PyObject_Vectorcall(self.callback.as_ptr(), argv, nargs, std::ptr::null_mut());
+                ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs, std::ptr::null_mut());
             let err = if result.is_null() {
                 Some(PyErr::fetch(py))
             } else {
@@ -203,10 +222,15 @@ impl Handle {
         }
     }
 
-    fn format_callback(&self, py: Python<'_>) -> PyResult<String> {
+    /// asyncio's `_format_callback_source`, or None once cancel() cleared the callback.
+    fn format_callback(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let Some(callback) = self.callback.get(py) else {
+            return Ok(None);
+        };
         py_refs::format_callback_source(py)?
-            .call1((self.callback.bind(py), self.args(py)))?
+            .call1((callback, self.args(py)))?
             .extract()
+            .map(Some)
     }
 
     /// Cancels the handle. Returns true if this call cancelled a timer that was still in
@@ -217,23 +241,24 @@ impl Handle {
     }
 
     /// Cancels the handle; for a scheduled timer, tells the loop its heap holds one more
-    /// cancelled entry.
+    /// cancelled entry. Outside debug mode the callback and its arguments are released at
+    /// once, as asyncio does (debug mode keeps them for the handle's repr).
     pub(crate) fn cancel_bound(slf: &Bound<'_, Handle>) {
-        if slf.get().mark_cancelled() {
-            if let Ok(timer) = slf.cast::<TimerHandle>() {
-                timer.get().owner.get().note_timer_cancelled(slf.py());
-            }
+        let py = slf.py();
+        let this = slf.get();
+        let first = this.flags.load(Ordering::Relaxed) & CANCELLED == 0;
+        if this.mark_cancelled() {
+            this.owner.get().note_timer_cancelled(py);
+        }
+        if first && !this.owner.get().is_debug() {
+            let released = (this.callback.take(py), this.payload.take(py));
+            drop(released);
         }
     }
 
-    /// The loop a handle reports errors to: a timer's own loop, else the running one.
-    fn reporting_loop<'py>(slf: &Bound<'py, Handle>) -> PyResult<Option<Bound<'py, Loop>>> {
-        let py = slf.py();
-        if let Ok(timer) = slf.cast::<TimerHandle>() {
-            return Ok(Some(timer.get().owner.bind(py).clone()));
-        }
-        let running = py_refs::get_running_loop(py)?.call0()?;
-        Ok(running.cast_into::<Loop>().ok())
+    /// The loop a handle belongs to.
+    fn owner<'py>(&self, py: Python<'py>) -> Bound<'py, Loop> {
+        self.owner.bind(py).clone()
     }
 }
 
@@ -289,9 +314,10 @@ pub(crate) fn release(handle: Py<Handle>) {
 #[pymethods]
 impl Handle {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.callback)?;
-        visit.call(&self.payload)?;
+        self.callback.traverse(&visit)?;
+        self.payload.traverse(&visit)?;
         visit.call(&self.context)?;
+        visit.call(&self.owner)?;
         Ok(())
     }
 
@@ -318,26 +344,23 @@ impl Handle {
         match this.invoke(py) {
             Ok(()) => Ok(()),
             Err(e) if crate::errors::is_exit_exception(py, &e) => Err(e),
-            Err(e) => match Handle::reporting_loop(slf)? {
-                Some(lp) => crate::errors::report_callback_error(&lp, slf.as_any(), this, e),
-                None => Err(e),
-            },
+            Err(e) => crate::errors::report_callback_error(&this.owner(py), slf.as_any(), this, e),
         }
     }
 
     #[getter]
-    fn _loop<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Loop>>> {
-        Handle::reporting_loop(slf)
+    fn _loop<'py>(&self, py: Python<'py>) -> Bound<'py, Loop> {
+        self.owner(py)
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.clone_ref(py)
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.get(py)
     }
 
     #[getter]
-    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
-        self.args(py)
+    fn _args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
+        self.callback.get(py).map(|_| self.args(py))
     }
 
     #[getter]
@@ -366,7 +389,9 @@ impl Handle {
             let when = pyo3::types::PyFloat::new(py, timer.get().when);
             info.push(format!("when={}", when.repr()?));
         }
-        info.push(this.format_callback(py)?);
+        if let Some(cb) = this.format_callback(py)? {
+            info.push(cb);
+        }
         if let Some(tb) = this.source_traceback(py) {
             if tb.len()? > 0 {
                 let frame = tb.get_item(-1)?;
@@ -384,13 +409,11 @@ impl Handle {
 pub struct TimerHandle {
     /// When the loop should run it, as given (NaN included).
     when: f64,
-    /// The loop whose heap counts this timer's cancellation.
-    owner: Py<Loop>,
 }
 
 impl TimerHandle {
-    pub(crate) fn new(when: f64, owner: Py<Loop>) -> Self {
-        TimerHandle { when, owner }
+    pub(crate) fn new(when: f64) -> Self {
+        TimerHandle { when }
     }
 }
 
@@ -400,10 +423,6 @@ fn when_of(other: &Bound<'_, PyAny>) -> Option<f64> {
 
 #[pymethods]
 impl TimerHandle {
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.owner)
-    }
-
     /// The absolute time (on the loop's clock) the callback is scheduled for.
     fn when(&self) -> f64 {
         self.when
@@ -427,7 +446,11 @@ impl TimerHandle {
         let this = slf.as_super().get();
         let same_call = || -> PyResult<bool> {
             let o = other.cast::<TimerHandle>()?.as_super().get();
-            Ok(this.callback.bind(py).eq(o.callback.bind(py))?
+            Ok(this
+                .callback
+                .get(py)
+                .into_pyobject(py)?
+                .eq(o.callback.get(py))?
                 && this.args(py).eq(o.args(py))?
                 && this.is_cancelled() == o.is_cancelled())
         };
@@ -454,10 +477,10 @@ pub(crate) fn error_context<'py>(
     exc: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let ctx = PyDict::new(py);
-    ctx.set_item(
-        "message",
-        format!("Exception in callback {}", handle.format_callback(py)?),
-    )?;
+    let source = handle
+        .format_callback(py)?
+        .unwrap_or_else(|| "None".to_owned());
+    ctx.set_item("message", format!("Exception in callback {source}"))?;
     ctx.set_item("exception", exc)?;
     ctx.set_item("handle", handle_obj)?;
     if let Some(tb) = handle.source_traceback(py) {

@@ -71,6 +71,9 @@ def run(
     """Run the coroutine ``main`` on a new oxio loop and return its result,
     the way ``asyncio.run()`` does: the loop is closed, async generators are
     finalized and the default executor is shut down afterwards."""
+    if asyncio.events._get_running_loop() is not None:
+        # As asyncio.run(): refuse before creating (and leaking) a runner and a loop.
+        raise RuntimeError("oxio.run() cannot be called from a running event loop")
     if sys.version_info >= (3, 11):
         with asyncio.Runner(debug=debug, loop_factory=new_event_loop, **run_kwargs) as runner:
             return runner.run(main)
@@ -79,8 +82,6 @@ def run(
 
 def _run_legacy(main: Any, *, debug: bool | None) -> Any:
     # Python 3.9/3.10 have no asyncio.Runner; this follows asyncio.run() there.
-    if asyncio.events._get_running_loop() is not None:
-        raise RuntimeError("oxio.run() cannot be called from a running event loop")
     if not asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
     loop = new_event_loop()
