@@ -4,6 +4,7 @@ says what asyncio does) and oxio. A test that covers an oxio-only choice says so
 from __future__ import annotations
 
 import asyncio
+import pathlib
 
 import pytest
 
@@ -14,13 +15,28 @@ LOOPS = {
     "oxio": oxio.new_event_loop,
 }
 
+# Each behaviour test gets far less than the project-wide 120 s (pyproject.toml).
+TEST_TIMEOUT = 30
+HERE = pathlib.Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.parent == HERE and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
+
 
 def close(loop: asyncio.AbstractEventLoop) -> None:
     if loop.is_running():
         loop.stop()
     if not loop.is_closed():
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        except Exception:
+            pass  # best effort: a failed test may leave a stop() queued; the test reports
+        finally:
+            loop.close()
 
 
 @pytest.fixture(params=list(LOOPS))
@@ -40,12 +56,48 @@ def oxloop():
     asyncio.set_event_loop(None)
 
 
+@pytest.fixture
+def refloop():
+    """A stock asyncio loop, for tests that compare oxio's output with asyncio's."""
+    lp = asyncio.SelectorEventLoop()
+    yield lp
+    close(lp)
+    asyncio.set_event_loop(None)
+
+
 def run(loop, coro, timeout: float = 10.0):
     """Runs `coro` on `loop`, failing (not hanging) after `timeout` seconds."""
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
 def run_briefly(loop, iterations: int = 1) -> None:
+    """Runs `iterations` loop iterations (a stop() scheduled first lets one pass run)."""
     for _ in range(iterations):
         loop.call_soon(loop.stop)
         loop.run_forever()
+
+
+def run_until(loop, predicate, timeout: float = 5.0) -> None:
+    """Runs the loop until `predicate()` holds, checking once per iteration; fails after
+    `timeout` seconds instead of hanging."""
+    guard = loop.call_later(timeout, loop.stop)
+
+    def check():
+        if predicate():
+            loop.stop()
+        else:
+            loop.call_soon(check)
+
+    loop.call_soon(check)
+    try:
+        loop.run_forever()
+    finally:
+        guard.cancel()
+    assert predicate(), "condition not reached in time"
+
+
+def run_for(loop, seconds: float) -> None:
+    """Runs the loop for about `seconds` (used only to show that something does NOT
+    happen)."""
+    loop.call_later(seconds, loop.stop)
+    loop.run_forever()
