@@ -1057,10 +1057,8 @@ impl Loop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        // asyncio's call_later delegates to call_at, and its errors name call_at().
-        let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
-        Self::schedule_timer(slf, clock::monotonic() + delay, handle)
+        let when = clock::monotonic() + delay.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context)
     }
 
     pub(crate) fn call_at_impl<'py>(
@@ -1073,7 +1071,18 @@ impl Loop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
+        Self::schedule_at(slf, when.extract()?, callback, args, context)
+    }
+
+    /// Makes a timer handle for `when` and puts it in the heap. Errors name call_at()
+    /// for both methods, as asyncio's do (its call_later delegates to call_at).
+    fn schedule_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: CallArgs<'py>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
         let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
         Self::schedule_timer(slf, when, handle)
     }
