@@ -133,6 +133,18 @@ impl Loop {
         Ok(())
     }
 
+    /// Replaces one optional Python reference in the loop's state; the old one is
+    /// dropped after the state is released (dropping can run `__del__`).
+    fn replace_state(
+        &self,
+        py: Python<'_>,
+        field: impl FnOnce(&mut PyState) -> &mut Option<Py<PyAny>>,
+        value: Option<Py<PyAny>>,
+    ) {
+        let old = self.state.with(py, |s| std::mem::replace(field(s), value));
+        drop(old);
+    }
+
     pub(crate) fn note_timer_cancelled(&self, py: Python<'_>) {
         self.sched.with(py, |s| s.timers.note_cancelled());
     }
@@ -810,19 +822,10 @@ impl Loop {
 
     /// Set the factory `create_task` uses: `factory(loop, coro[, context=...])`, or None.
     fn set_task_factory(&self, py: Python<'_>, factory: Py<PyAny>) -> PyResult<()> {
-        let factory = if factory.is_none(py) {
-            None
-        } else if factory.bind(py).is_callable() {
-            Some(factory)
-        } else {
-            return Err(PyTypeError::new_err(
-                "task factory must be a callable or None",
-            ));
-        };
-        let old = self
-            .state
-            .with(py, |s| std::mem::replace(&mut s.task_factory, factory));
-        drop(old);
+        let factory = callable_or_none(py, factory, |_| {
+            Ok("task factory must be a callable or None".to_owned())
+        })?;
+        self.replace_state(py, |s| &mut s.task_factory, factory);
         Ok(())
     }
 
@@ -836,20 +839,13 @@ impl Loop {
 
     /// Set the handler called as `handler(loop, context)`, or None for the default.
     fn set_exception_handler(&self, py: Python<'_>, handler: Py<PyAny>) -> PyResult<()> {
-        let handler = if handler.is_none(py) {
-            None
-        } else if handler.bind(py).is_callable() {
-            Some(handler)
-        } else {
-            return Err(PyTypeError::new_err(format!(
+        let handler = callable_or_none(py, handler, |h| {
+            Ok(format!(
                 "A callable object or None is expected, got {}",
-                handler.bind(py).repr()?
-            )));
-        };
-        let old = self
-            .state
-            .with(py, |s| std::mem::replace(&mut s.exception_handler, handler));
-        drop(old);
+                h.repr()?
+            ))
+        })?;
+        self.replace_state(py, |s| &mut s.exception_handler, handler);
         Ok(())
     }
 
@@ -1085,6 +1081,22 @@ impl Loop {
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let handle = Self::make_handle(slf, callback, args, context, "call_at", true)?;
         Self::schedule_timer(slf, when, handle)
+    }
+}
+
+/// asyncio's check for handlers and factories: None, or a callable; anything else is a
+/// TypeError whose message `message` builds from the rejected object.
+fn callable_or_none(
+    py: Python<'_>,
+    obj: Py<PyAny>,
+    message: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<String>,
+) -> PyResult<Option<Py<PyAny>>> {
+    if obj.is_none(py) {
+        Ok(None)
+    } else if obj.bind(py).is_callable() {
+        Ok(Some(obj))
+    } else {
+        Err(PyTypeError::new_err(message(obj.bind(py))?))
     }
 }
 
