@@ -7,6 +7,8 @@
 //! - [`ReadyQueue`]: the callbacks that run in the next iteration;
 //! - [`Poller`]: readiness of raw file descriptors, over mio;
 //! - [`Waker`]: wakes a loop that is blocked in its poller, from any thread;
+//! - [`socket_io`]: non-blocking socket calls (`recv`, vectored `send`, `sendfile`);
+//! - [`WriteQueue`]: a transport's unwritten bytes, flushed with one vectored write;
 //! - [`EventLoop`]: a pure-Rust loop assembled from the above, used by the examples and
 //!   the tests, and the reference for how the Python binding drives the same parts.
 
@@ -14,14 +16,17 @@ pub mod clock;
 pub mod event_loop;
 pub mod poller;
 pub mod ready_queue;
+pub mod socket_io;
 pub mod timer_heap;
 pub mod waker;
+pub mod write_queue;
 
 pub use event_loop::{CallbackHandle, EventLoop};
 pub use poller::{Interest, Poller, Readiness};
 pub use ready_queue::ReadyQueue;
 pub use timer_heap::{Cancellable, TimerHeap};
 pub use waker::Waker;
+pub use write_queue::{Flushed, WriteQueue};
 
 /// Longest time the loop blocks in one poll, as asyncio's `MAXIMUM_SELECT_TIMEOUT`:
 /// a timer scheduled further away than a day is still found by a later iteration.

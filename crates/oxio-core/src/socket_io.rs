@@ -1,0 +1,192 @@
+//! Non-blocking socket system calls with the error handling every transport needs:
+//! `EINTR` retried, `SIGPIPE` suppressed, the OS error returned as-is otherwise.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+
+/// Reads into `buf` with `recv(2)`. `Ok(0)` is end of file.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the whole
+        // call; the kernel writes at most that many.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads into the raw region `ptr..ptr+len` (a buffer owned by Python, for
+/// `BufferedProtocol` and `sock_recv_into`).
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: the caller guarantees `ptr..ptr+len` is writable.
+        let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Writes `slices` with one `sendmsg(2)` (a `writev` that does not raise `SIGPIPE` on a
+/// closed peer: the error comes back as `EPIPE`). Works on any socket; for pipes use
+/// [`writev_fd`].
+pub fn writev(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: msg points at `slices`, which outlive the call and are only read.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOTSOCK) {
+            return writev_fd(fd, slices);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// `writev(2)` on a descriptor that may not be a socket.
+pub fn writev_fd(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
+    let n = unsafe { libc::writev(fd, slices.as_ptr().cast(), slices.len() as libc::c_int) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send(2)` of one buffer without `SIGPIPE`.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    writev(fd, &[IoSlice::new(buf)])
+}
+
+/// Copies up to `count` bytes from `in_fd` at `*offset` to the socket `out_fd` in the
+/// kernel, advancing `*offset` by what was sent. `Ok(0)` means end of file.
+pub fn sendfile(out_fd: RawFd, in_fd: RawFd, offset: &mut i64, count: usize) -> io::Result<usize> {
+    loop {
+        let mut off: libc::off_t = *offset as libc::off_t;
+        // SAFETY: `off` is a valid, exclusively borrowed off_t for the call.
+        let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) };
+        if n >= 0 {
+            *offset = off as i64;
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Half-closes the write side (`shutdown(SHUT_WR)`).
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain system call on an integer descriptor.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The pending error of a socket (`SO_ERROR`), cleared by reading it: how a
+/// non-blocking `connect` reports its outcome.
+pub fn take_error(fd: RawFd) -> io::Result<i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes and sized as the kernel expects.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn recv_reads_what_was_sent_and_zero_at_eof() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"abc").unwrap();
+        drop(b);
+        let mut buf = [0u8; 8];
+        assert_eq!(recv(a.as_raw_fd(), &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(recv(a.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn recv_on_an_empty_nonblocking_socket_would_block() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        let e = recv(a.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn send_to_a_closed_peer_is_epipe_not_a_signal() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let e = send(a.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn writev_falls_back_for_pipes() {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid two-element array for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let n = writev(fds[1], &[IoSlice::new(b"ab"), IoSlice::new(b"c")]).unwrap();
+        assert_eq!(n, 3);
+        // SAFETY: both descriptors were just created here and are closed once.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
+    #[test]
+    fn sendfile_copies_a_file_range() {
+        let path = std::env::temp_dir().join(format!("oxio-sendfile-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut off = 2;
+        let n = sendfile(a.as_raw_fd(), file.as_raw_fd(), &mut off, 5).unwrap();
+        assert_eq!((n, off), (5, 7));
+        let mut buf = [0u8; 8];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"23456");
+        std::fs::remove_file(path).unwrap();
+    }
+}
