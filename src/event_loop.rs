@@ -6,6 +6,8 @@
 //! error reporting in `errors`, descriptor watches in `fd_watch`, the executor bridge in
 //! `executor`.
 
+use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::BoundObject;
 
 use crate::callback_check::{check_callback, CodeFlagsCache};
 use crate::errors;
@@ -24,9 +27,13 @@ use crate::executor;
 use crate::fd_watch::{fileobj_to_fd, FdWatches, Side};
 use crate::gil_cell::GilCell;
 use crate::handle::{release, untrack, CallArgs, Handle, TimerHandle};
+use crate::handles::stream::StreamTransport;
 use crate::py_refs;
 
 const WAKER_TOKEN: usize = usize::MAX;
+
+/// Most bytes one read of a stream transport takes: asyncio's `max_size`.
+pub(crate) const READ_BUFFER_SIZE: usize = 256 * 1024;
 
 /// A heap entry: the timer's handle. Its cancellation flag is the handle's.
 struct Timer(Py<Handle>);
@@ -78,6 +85,12 @@ pub struct Loop {
     slow_callback_duration: AtomicU64,
     resolution: f64,
     pub(crate) code_cache: CodeFlagsCache,
+    /// Transports with writes queued this iteration, flushed before the next poll.
+    flush: GilCell<Vec<Py<StreamTransport>>>,
+    /// Descriptors owned by a transport, which `add_reader` and friends refuse.
+    transports: GilCell<HashMap<RawFd, Py<StreamTransport>>>,
+    /// Where stream reads land before they are copied into an exactly sized `bytes`.
+    read_buf: GilCell<Box<[u8]>>,
 }
 
 fn closed_error() -> PyErr {
@@ -297,19 +310,21 @@ impl Loop {
         }
 
         let result = Self::run_ready(slf);
-        if fired {
-            this.watches.with(py, |w| {
-                if let Some(w) = w {
+        let _ = fired;
+        this.watches.with(py, |w| {
+            if let Some(w) = w {
+                if w.rearm_pending() {
                     w.rearm_fired();
                 }
-            });
-        }
+            }
+        });
         result
     }
 
     /// Polls for I/O and queues the handles of ready descriptors. Returns true if a
     /// watched descriptor fired (it must be re-armed after the callbacks ran).
     fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
+        self.flush_transports(py)?;
         if timeout == Some(Duration::ZERO)
             && !self.watching.load(Ordering::Relaxed)
             && !self.waker.is_pending()
@@ -483,13 +498,14 @@ impl Loop {
         Ok(())
     }
 
-    fn watch(
-        slf: &Bound<'_, Self>,
+    fn watch<'py>(
+        slf: &Bound<'py, Self>,
         side: Side,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        check_transport: bool,
+    ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
         let method = if side == Side::Read {
             "add_reader"
@@ -497,6 +513,9 @@ impl Loop {
             "add_writer"
         };
         let fd = fileobj_to_fd(fd)?;
+        if check_transport {
+            slf.get().ensure_fd_no_transport(py, fd)?;
+        }
         let handle = Bound::new(
             py,
             Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, false)?,
@@ -506,7 +525,7 @@ impl Loop {
         // code runs while the state is borrowed.
         let this = slf.get();
         let replaced = this.watches.with(py, |w| match w {
-            Some(w) => w.set(fd, side, watched).map_err(os_error),
+            Some(w) => w.set(fd, side, watched, true).map_err(os_error),
             None => Err(closed_error()),
         })?;
         this.watching.store(true, Ordering::Relaxed);
@@ -515,15 +534,23 @@ impl Loop {
             Handle::cancel_bound(old.bind(py));
             release(old);
         }
-        Ok(())
+        Ok(handle)
     }
 
-    fn unwatch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn unwatch(
+        slf: &Bound<'_, Self>,
+        side: Side,
+        fd: &Bound<'_, PyAny>,
+        check_transport: bool,
+    ) -> PyResult<bool> {
         let py = slf.py();
         if slf.get().closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd)?;
+        if check_transport {
+            slf.get().ensure_fd_no_transport(py, fd)?;
+        }
         let this = slf.get();
         let (removed, watching) = this.watches.with(py, |w| match w {
             Some(w) => (w.remove(fd, side), !w.is_empty()),
@@ -589,6 +616,9 @@ impl Loop {
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             resolution: clock::resolution(),
             code_cache: CodeFlagsCache::new(),
+            flush: GilCell::new(Vec::new()),
+            transports: GilCell::new(HashMap::new()),
+            read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
         })
     }
 
@@ -726,6 +756,10 @@ impl Loop {
             s.default_executor.take()
         });
         let watch_handles = watches.map(|mut w| w.take_all()).unwrap_or_default();
+        let flush = this.flush.with(py, std::mem::take);
+        let transports = this.transports.with(py, std::mem::take);
+        drop(flush);
+        drop(transports);
         ready.into_iter().for_each(release);
         timers.into_iter().for_each(|t| release(t.0));
         watch_handles.into_iter().for_each(release);
@@ -877,7 +911,7 @@ impl Loop {
         callback: &Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::watch(slf, Side::Read, fd, callback, args)
+        Self::watch(slf, Side::Read, fd, callback, args, true).map(drop)
     }
 
     /// Call `callback(*args)` whenever `fd` is writable.
@@ -888,17 +922,56 @@ impl Loop {
         callback: &Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::watch(slf, Side::Write, fd, callback, args)
+        Self::watch(slf, Side::Write, fd, callback, args, true).map(drop)
     }
 
     /// Stop watching `fd` for reading; True if it was watched.
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::unwatch(slf, Side::Read, fd)
+        Self::unwatch(slf, Side::Read, fd, true)
     }
 
     /// Stop watching `fd` for writing; True if it was watched.
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::unwatch(slf, Side::Write, fd)
+        Self::unwatch(slf, Side::Write, fd, true)
+    }
+
+    /// `add_reader` without the transport check, returning the handle (asyncio's
+    /// internal `_add_reader`, which the socket methods use).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::watch(slf, Side::Read, fd, callback, args, false)
+    }
+
+    /// `add_writer` without the transport check, returning the handle.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::watch(slf, Side::Write, fd, callback, args, false)
+    }
+
+    /// `remove_reader` without the transport check.
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, Side::Read, fd, false)
+    }
+
+    /// `remove_writer` without the transport check.
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, Side::Write, fd, false)
+    }
+
+    /// asyncio's `_ensure_fd_no_transport`.
+    fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fd = fileobj_to_fd(fd)?;
+        slf.get().ensure_fd_no_transport(slf.py(), fd)
     }
 
     // ---- executor and async generators ---------------------------------------------------
@@ -1112,5 +1185,175 @@ impl Loop {
     /// True once `close()` ran.
     pub(crate) fn is_closed_flag(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// What transports need from the loop: edge-triggered watches, the end-of-iteration
+/// flush, the shared read buffer, and the registry of descriptors they own.
+impl Loop {
+    /// asyncio's `_ensure_fd_no_transport`: a descriptor owned by an open transport is
+    /// not the user's to watch.
+    fn ensure_fd_no_transport(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let owner = self
+            .transports
+            .with(py, |t| t.get(&fd).map(|t| t.clone_ref(py)));
+        if let Some(t) = owner {
+            if !t.get().is_closing_flag(py) {
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {fd} is used by transport {}",
+                    t.bind(py).repr()?
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `fd` belongs to `transport` until [`Loop::forget_transport`].
+    pub(crate) fn adopt_transport(&self, py: Python<'_>, fd: RawFd, t: Py<StreamTransport>) {
+        let old = self.transports.with(py, |m| m.insert(fd, t));
+        drop(old);
+    }
+
+    /// Ends `fd`'s ownership by a transport.
+    pub(crate) fn forget_transport(&self, py: Python<'_>, fd: RawFd) {
+        let old = self.transports.with(py, |m| m.remove(&fd));
+        drop(old);
+    }
+
+    /// Installs `callback` (called with no arguments) as the `side` watcher of `fd`,
+    /// edge-triggered unless `level`. Nothing is checked: the caller is a transport.
+    pub(crate) fn watch_internal(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        callback: &Bound<'_, PyAny>,
+        level: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
+        // exception set; from_owned_ptr_or_err takes ownership of it.
+        let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
+        let handle = Bound::new(
+            py,
+            Handle::new(
+                slf.clone().unbind(),
+                callback.clone().unbind(),
+                CallArgs::Tuple(PyTuple::empty(py)),
+                context.unbind(),
+                true,
+                None,
+            )?,
+        )?;
+        let watched = handle.clone().unbind();
+        let replaced = this.watches.with(py, |w| match w {
+            Some(w) => w.set(fd, side, watched, level).map_err(os_error),
+            None => Err(closed_error()),
+        })?;
+        this.watching.store(true, Ordering::Relaxed);
+        untrack(&handle);
+        if let Some(old) = replaced {
+            Handle::cancel_bound(old.bind(py));
+            release(old);
+        }
+        Ok(())
+    }
+
+    /// Removes the `side` watcher of `fd`; true if there was one.
+    pub(crate) fn unwatch_internal(&self, py: Python<'_>, fd: RawFd, side: Side) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let (removed, watching) = self.watches.with(py, |w| match w {
+            Some(w) => (w.remove(fd, side), !w.is_empty()),
+            None => (None, false),
+        });
+        self.watching.store(watching, Ordering::Relaxed);
+        match removed {
+            Some(h) => {
+                Handle::cancel_bound(h.bind(py));
+                release(h);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues `callback(*args)` for the next iteration without asyncio's argument
+    /// checks: the caller is the loop's own machinery.
+    pub(crate) fn call_soon_internal<'py, A>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: A,
+    ) -> PyResult<()>
+    where
+        A: IntoPyObject<'py, Target = PyTuple>,
+    {
+        let args = args
+            .into_pyobject(slf.py())
+            .map_err(Into::into)?
+            .into_bound();
+        Self::enqueue(
+            slf,
+            callback,
+            CallArgs::Tuple(args),
+            None,
+            "call_soon",
+            false,
+        )?;
+        Ok(())
+    }
+
+    /// Asks the next poll to report `fd` again if it is still ready.
+    pub(crate) fn request_rearm(&self, py: Python<'_>, fd: RawFd) {
+        self.watches.with(py, |w| {
+            if let Some(w) = w {
+                w.request_rearm(fd);
+            }
+        });
+    }
+
+    /// Queues `t` to have its writes flushed before the loop next polls.
+    pub(crate) fn queue_flush(&self, py: Python<'_>, t: Py<StreamTransport>) {
+        self.flush.with(py, |f| f.push(t));
+    }
+
+    /// Runs `f` on the shared read buffer. `f` must not call Python.
+    pub(crate) fn with_read_buf<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.read_buf.with(py, |b| f(b))
+    }
+
+    /// True while `run_forever` runs (on whichever thread).
+    pub(crate) fn running_flag(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    /// Flushes every transport that wrote this iteration: rule 5 of the hot path, one
+    /// vectored write per transport per iteration.
+    fn flush_transports(&self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            let batch = self.flush.with(py, std::mem::take);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut result = Ok(());
+            for t in batch.iter() {
+                if result.is_ok() {
+                    result = StreamTransport::flush_queued(t.bind(py));
+                } else {
+                    t.get().cancel_flush(py);
+                }
+            }
+            // Give the vector back so steady state allocates nothing.
+            let mut batch = batch;
+            batch.clear();
+            self.flush.with(py, |f| {
+                if f.is_empty() {
+                    *f = batch;
+                }
+            });
+            result?;
+        }
     }
 }

@@ -13,10 +13,12 @@ use pyo3::prelude::*;
 use crate::handle::Handle;
 
 /// The reader and writer watching one descriptor.
-#[derive(Default)]
 struct Watch {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    /// asyncio's level-triggered semantics: re-armed after every event. Transports
+    /// register edge-triggered and ask for a re-arm only when they left data unread.
+    level: bool,
 }
 
 impl Watch {
@@ -63,15 +65,19 @@ impl FdWatches {
 
     /// Installs `handle` as the `side` callback of `fd`, returning the one it replaces.
     /// On an OS error (a descriptor that is not open: `EBADF`) nothing changes.
+    /// `level` chooses asyncio's level-triggered semantics (every `add_reader` and
+    /// `add_writer`) or edge-triggered ones (transports, see [`FdWatches::request_rearm`]).
     pub fn set(
         &mut self,
         fd: RawFd,
         side: Side,
         handle: Py<Handle>,
+        level: bool,
     ) -> io::Result<Option<Py<Handle>>> {
         let token = fd as usize;
         match self.watches.get_mut(&fd) {
             Some(watch) => {
+                watch.level = level;
                 let mut interest = watch.interest();
                 match side {
                     Side::Read => interest.readable = true,
@@ -91,7 +97,11 @@ impl FdWatches {
                 })
             }
             None => {
-                let mut watch = Watch::default();
+                let mut watch = Watch {
+                    reader: None,
+                    writer: None,
+                    level,
+                };
                 match side {
                     Side::Read => watch.reader = Some(handle),
                     Side::Write => watch.writer = Some(handle),
@@ -141,7 +151,20 @@ impl FdWatches {
                 }
             }
         }
+        if watch.level {
+            self.fired.push(fd);
+        }
+    }
+
+    /// Makes the next poll report `fd` again if it is still ready: an edge-triggered
+    /// watcher that stopped before draining its descriptor asks for this.
+    pub fn request_rearm(&mut self, fd: RawFd) {
         self.fired.push(fd);
+    }
+
+    /// True when some descriptor waits to be re-armed.
+    pub fn rearm_pending(&self) -> bool {
+        !self.fired.is_empty()
     }
 
     /// Re-arms every descriptor that fired and is still watched, so that it is reported

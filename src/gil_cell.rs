@@ -63,6 +63,21 @@ impl<T> GilCell<T> {
 /// never hand out a reference into the slot: [`GilSlot::get`] returns a new strong
 /// reference and [`GilSlot::take`] moves the value out, so no Python code can run while
 /// the slot is being accessed, and whatever is removed is dropped by the caller.
+impl<T> GilCell<T> {
+    /// Runs `f` on the value unless it is borrowed right now (then returns `None`).
+    /// For the garbage collector's traversal, which may run in the middle of a borrow
+    /// and must then report fewer references (a leak), never touch the value.
+    pub fn try_peek<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if self.borrowed.replace(true) {
+            return None;
+        }
+        let _release = Release(&self.borrowed);
+        // SAFETY: the flag was clear and is now set, so no other reference exists;
+        // callers hold the GIL (the collector runs with it).
+        Some(f(unsafe { &mut *self.value.get() }))
+    }
+}
+
 pub struct GilSlot<T> {
     value: UnsafeCell<Option<pyo3::Py<T>>>,
 }

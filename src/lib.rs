@@ -14,6 +14,7 @@ mod fd_watch;
 mod gil_cell;
 mod handle;
 mod handle_alloc;
+mod handles;
 mod py_refs;
 
 use pyo3::prelude::*;
@@ -23,6 +24,7 @@ use pyo3::prelude::*;
 fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     event_loop::register(m)?;
+    handles::stream::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     handle_alloc::install_all(&[

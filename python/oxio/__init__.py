@@ -16,20 +16,33 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from . import _oxio
+from ._connections import ConnectionMixin
+from ._resolve import ResolverMixin
+from ._server import Server, ServerMixin
+from ._sockets import SocketMixin
 
-__all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
+__all__ = ["Loop", "Server", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
 
 __version__: str = _oxio.__version__
 
 _T = TypeVar("_T")
 
 
-class Loop(_oxio.Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(  # type: ignore[misc]
+    _oxio.Loop,
+    ConnectionMixin,
+    ServerMixin,
+    SocketMixin,
+    ResolverMixin,
+    asyncio.AbstractEventLoop,
+):
     """The oxio event loop.
 
-    The Rust base comes first so its methods win; ``asyncio.AbstractEventLoop``
-    supplies the rest of the interface (methods a later release implements raise
-    ``NotImplementedError`` from there, as the abstract loop does).
+    The Rust base comes first so its methods win. The mixins hold the cold, coroutine
+    shaped parts of networking (connection set-up, servers, the ``sock_*`` methods,
+    name resolution); ``asyncio.AbstractEventLoop`` supplies the rest of the interface
+    (methods a later release implements raise ``NotImplementedError`` from there, as
+    the abstract loop does).
     """
 
     def __del__(self, _warn: Any = warnings.warn) -> None:

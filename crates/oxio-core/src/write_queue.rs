@@ -101,9 +101,7 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
                 match crate::socket_io::writev(fd, &slices[..count]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Flushed::Partial)
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial),
                     Err(e) => return Err(e),
                 }
             };
@@ -152,7 +150,10 @@ mod tests {
         q.push(b"hello".to_vec());
         assert_eq!(q.len(), 24);
         let mut released = Vec::new();
-        assert_eq!(q.write_to(a.as_raw_fd(), &mut released).unwrap(), Flushed::All);
+        assert_eq!(
+            q.write_to(a.as_raw_fd(), &mut released).unwrap(),
+            Flushed::All
+        );
         assert_eq!(released.len(), 2);
         assert!(q.is_empty());
         let mut buf = [0u8; 64];
@@ -170,7 +171,10 @@ mod tests {
             q.push(piece.to_vec());
         }
         let mut released = Vec::new();
-        assert_eq!(q.write_to(a.as_raw_fd(), &mut released).unwrap(), Flushed::Partial);
+        assert_eq!(
+            q.write_to(a.as_raw_fd(), &mut released).unwrap(),
+            Flushed::Partial
+        );
         assert!(q.len() > 0 && q.len() < total.len());
         let mut got = Vec::new();
         let mut buf = vec![0u8; 1 << 16];

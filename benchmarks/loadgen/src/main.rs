@@ -1,0 +1,641 @@
+//! `oxio-loadgen`: a native, single-threaded (mio) load generator for echo servers.
+//!
+//! Modes:
+//!
+//! * `echo` (default): `--conns` connections, each with exactly one message outstanding. A
+//!   round trip sends `--size` bytes and waits until exactly `--size` bytes have come back;
+//!   its latency runs from the first byte written to the last byte read. The connection then
+//!   sends the next message. Reading and writing overlap, so messages larger than the
+//!   socket buffers cannot deadlock against a server that echoes as it reads.
+//! * `connrate`: `--conns` concurrent connection cycles. One cycle (one "request") is: start
+//!   a connect; once connected, shut down the write side (the server sees end-of-file);
+//!   wait until the server has closed its side (read returns 0); close. A cycle therefore
+//!   counts only once the server has accepted the connection, seen its end-of-file and
+//!   closed it, so the rate is the server's accept-and-close rate, not the kernel's
+//!   backlog. Against an IPv4 loopback address the connections come from source addresses
+//!   127.0.0.2..=127.0.0.254 in turn, so that TIME_WAIT sockets from earlier cycles do not
+//!   make the client's port search the bottleneck. Latency is the whole cycle. `mib_per_s` is 0. Connects that fail for want of
+//!   a local port or a full Unix backlog are retried after 1 ms and counted in `retries`,
+//!   not in `errors`; a cycle that fails any other way (reset, refused) counts in `errors`.
+//!
+//! Output: one JSON line on stdout:
+//! `{"requests":..,"seconds":..,"rps":..,"mib_per_s":..,"p50_us":..,"p99_us":..,"errors":..,..}`
+//! where `requests` and `seconds` cover the measured period only (after `--warmup`),
+//! `mib_per_s` is payload echoed per second in one direction (requests x size / seconds),
+//! and `total_requests` also counts the warm-up.
+//!
+//! Bounds: the measured period ends after `--duration` seconds (at most 3600) or
+//! `--max-requests` round trips, whichever comes first; connecting is bounded by 5 s.
+//! Exit status: 0 on success; 1 on bad arguments or when connecting fails (no JSON);
+//! 3 when connections failed during the run (`errors` > 0) or no request completed in the
+//! measured period (JSON printed either way).
+//!
+//! `--cpu N` pins the process to CPU N (sched_setaffinity) before it connects.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use oxio_loadgen::{pin_to_cpu, Flags, Histogram, Stream, Target};
+
+const USAGE: &str = "usage: oxio-loadgen (--addr HOST:PORT | --unix PATH) [--mode echo|connrate] \
+[--conns N] [--size BYTES] [--duration SECS] [--warmup SECS] [--max-requests N] [--cpu N]";
+const FLAGS: &[&str] = &[
+    "addr",
+    "unix",
+    "mode",
+    "conns",
+    "size",
+    "duration",
+    "warmup",
+    "max-requests",
+    "cpu",
+];
+const MAX_SECS: f64 = 3600.0;
+const MAX_CONNS: usize = 10_000;
+const MAX_SIZE: usize = 1 << 30;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transient connect failures (port exhaustion, a full Unix backlog) retry after this long.
+const RETRY_DELAY: Duration = Duration::from_millis(1);
+/// A connrate run gives up after this many failed cycles plus connect retries.
+const MAX_CYCLE_ERRORS: u64 = 10_000;
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Echo,
+    ConnRate,
+}
+
+struct Config {
+    target: Target,
+    mode: Mode,
+    conns: usize,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+    max_requests: u64,
+    cpu: Option<usize>,
+}
+
+fn parse_config() -> Result<Config, String> {
+    let flags = Flags::parse(std::env::args().skip(1), FLAGS)?;
+    let target = Target::from_flags(&flags, None)?;
+    let mode = match flags.get("mode").unwrap_or("echo") {
+        "echo" => Mode::Echo,
+        "connrate" => Mode::ConnRate,
+        other => return Err(format!("--mode: unknown mode {other:?}")),
+    };
+    let conns: usize = flags.parsed("conns", 16)?;
+    if !(1..=MAX_CONNS).contains(&conns) {
+        return Err(format!("--conns must be between 1 and {MAX_CONNS}"));
+    }
+    let size: usize = flags.parsed("size", 1024)?;
+    if !(1..=MAX_SIZE).contains(&size) {
+        return Err(format!("--size must be between 1 and {MAX_SIZE}"));
+    }
+    let duration = Duration::from_secs_f64(flags.seconds("duration", 5.0, MAX_SECS)?);
+    let warmup = Duration::from_secs_f64(flags.seconds("warmup", 0.0, MAX_SECS)?);
+    let max_requests: u64 = flags.parsed("max-requests", u64::MAX)?;
+    if max_requests == 0 {
+        return Err("--max-requests must be at least 1".into());
+    }
+    let cpu = match flags.get("cpu") {
+        None => None,
+        Some(_) => Some(flags.parsed("cpu", 0usize)?),
+    };
+    Ok(Config {
+        target,
+        mode,
+        conns,
+        size,
+        duration,
+        warmup,
+        max_requests,
+        cpu,
+    })
+}
+
+/// Counters and the clock of one run: a warm-up phase, then the measured phase.
+struct Meter {
+    histogram: Histogram,
+    requests: u64,
+    total_requests: u64,
+    errors: u64,
+    retries: u64,
+    measuring: bool,
+    warm_end: Instant,
+    measure_start: Instant,
+    end: Instant,
+    max_requests: u64,
+}
+
+impl Meter {
+    fn new(cfg: &Config) -> Meter {
+        let now = Instant::now();
+        let warm_end = now + cfg.warmup;
+        Meter {
+            histogram: Histogram::new(),
+            requests: 0,
+            total_requests: 0,
+            errors: 0,
+            retries: 0,
+            measuring: cfg.warmup.is_zero(),
+            warm_end,
+            measure_start: now,
+            end: warm_end + cfg.duration,
+            max_requests: cfg.max_requests,
+        }
+    }
+
+    /// Moves from warm-up to measuring when its time has come.
+    fn tick(&mut self, now: Instant) {
+        if !self.measuring && now >= self.warm_end {
+            self.measuring = true;
+            self.measure_start = now;
+            self.requests = 0;
+            self.histogram.clear();
+        }
+    }
+
+    fn done(&self, now: Instant) -> bool {
+        now >= self.end || (self.measuring && self.requests >= self.max_requests)
+    }
+
+    /// How long the poller may sleep before the next phase change.
+    fn timeout(&self, now: Instant) -> Duration {
+        let next = if self.measuring {
+            self.end
+        } else {
+            self.warm_end
+        };
+        next.saturating_duration_since(now)
+    }
+
+    fn record(&mut self, started: Instant, now: Instant) {
+        self.total_requests += 1;
+        self.tick(now);
+        if self.measuring {
+            self.requests += 1;
+            let nanos = now.duration_since(started).as_nanos();
+            self.histogram.record(nanos.min(u64::MAX as u128) as u64);
+        }
+    }
+
+    fn report(&self, cfg: &Config, now: Instant) -> String {
+        let seconds = if self.measuring {
+            now.duration_since(self.measure_start).as_secs_f64()
+        } else {
+            0.0
+        };
+        let rps = if seconds > 0.0 {
+            self.requests as f64 / seconds
+        } else {
+            0.0
+        };
+        let mib_per_s = match cfg.mode {
+            Mode::Echo => rps * cfg.size as f64 / (1024.0 * 1024.0),
+            Mode::ConnRate => 0.0,
+        };
+        let mode = match cfg.mode {
+            Mode::Echo => "echo",
+            Mode::ConnRate => "connrate",
+        };
+        format!(
+            "{{\"requests\":{},\"seconds\":{:.6},\"rps\":{:.3},\"mib_per_s\":{:.3},\
+\"p50_us\":{:.3},\"p99_us\":{:.3},\"errors\":{},\"total_requests\":{},\"retries\":{},\
+\"mode\":\"{}\",\"conns\":{},\"size\":{}}}",
+            self.requests,
+            seconds,
+            rps,
+            mib_per_s,
+            self.histogram.quantile(0.50) / 1000.0,
+            self.histogram.quantile(0.99) / 1000.0,
+            self.errors,
+            self.total_requests,
+            self.retries,
+            mode,
+            cfg.conns,
+            cfg.size,
+        )
+    }
+}
+
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Err(e) if e.kind() == ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// echo mode
+
+struct EchoConn {
+    stream: Stream,
+    sent: usize,
+    received: usize,
+    started: Instant,
+    /// False once the connection failed or the run stopped issuing requests on it.
+    active: bool,
+}
+
+enum Step {
+    /// A round trip finished; the caller records it and starts the next one.
+    Completed,
+    /// Both directions would block: wait for the next event.
+    Blocked,
+}
+
+impl EchoConn {
+    /// Pushes the current round trip as far as the socket allows.
+    fn drive(&mut self, message: &[u8], scratch: &mut [u8]) -> io::Result<Step> {
+        let size = message.len();
+        loop {
+            let mut write_blocked = true;
+            if self.sent < size {
+                match self.stream.write(&message[self.sent..]) {
+                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.sent += n;
+                        write_blocked = false;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => write_blocked = false,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut read_blocked = true;
+            if self.received < size {
+                let want = (size - self.received).min(scratch.len());
+                match self.stream.read(&mut scratch[..want]) {
+                    Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        self.received += n;
+                        read_blocked = false;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => read_blocked = false,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.received == size {
+                return Ok(Step::Completed);
+            }
+            if write_blocked && read_blocked {
+                return Ok(Step::Blocked);
+            }
+        }
+    }
+}
+
+/// Opens `cfg.conns` connections and waits (bounded) until all are established.
+fn connect_all(cfg: &Config, poll: &mut Poll, events: &mut Events) -> Result<Vec<Stream>, String> {
+    let mut streams = Vec::with_capacity(cfg.conns);
+    for i in 0..cfg.conns {
+        let mut stream = cfg
+            .target
+            .connect()
+            .map_err(|e| format!("connect to {:?}: {e}", cfg.target))?;
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        streams.push(stream);
+    }
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut connected = vec![false; cfg.conns];
+    let mut pending = cfg.conns;
+    // Connections that completed before the first poll still get their writable edge, so
+    // checking on events alone is enough; the first pass checks everything anyway.
+    for (i, stream) in streams.iter().enumerate() {
+        if stream
+            .connect_state()
+            .map_err(|e| format!("connect to {:?}: {e}", cfg.target))?
+        {
+            connected[i] = true;
+            pending -= 1;
+        }
+    }
+    while pending > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "connect to {:?}: {pending} of {} connections still pending after {:?}",
+                cfg.target, cfg.conns, CONNECT_TIMEOUT
+            ));
+        }
+        poll_once(poll, events, deadline - now).map_err(|e| format!("poll: {e}"))?;
+        for event in events.iter() {
+            let i = event.token().0;
+            if connected[i] {
+                continue;
+            }
+            if streams[i]
+                .connect_state()
+                .map_err(|e| format!("connect to {:?}: {e}", cfg.target))?
+            {
+                connected[i] = true;
+                pending -= 1;
+            }
+        }
+    }
+    for stream in &streams {
+        stream
+            .set_nodelay()
+            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    }
+    Ok(streams)
+}
+
+fn run_echo(cfg: &Config) -> Result<Meter, String> {
+    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let streams = connect_all(cfg, &mut poll, &mut events)?;
+    let message: Vec<u8> = (0..cfg.size).map(|i| (i % 251) as u8).collect();
+    let mut scratch = vec![0u8; READ_CHUNK];
+
+    let mut meter = Meter::new(cfg);
+    let start = Instant::now();
+    let mut conns: Vec<EchoConn> = streams
+        .into_iter()
+        .map(|stream| EchoConn {
+            stream,
+            sent: 0,
+            received: 0,
+            started: start,
+            active: true,
+        })
+        .collect();
+    let mut alive = conns.len();
+    let mut ready: Vec<usize> = (0..conns.len()).collect();
+    let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
+    loop {
+        for &i in &ready {
+            let conn = &mut conns[i];
+            if !conn.active {
+                continue;
+            }
+            loop {
+                match conn.drive(&message, &mut scratch) {
+                    Ok(Step::Blocked) => break,
+                    Ok(Step::Completed) => {
+                        let now = Instant::now();
+                        if meter.done(now) {
+                            conn.active = false;
+                            break;
+                        }
+                        meter.record(conn.started, now);
+                        if meter.done(now) {
+                            conn.active = false;
+                            break;
+                        }
+                        conn.sent = 0;
+                        conn.received = 0;
+                        conn.started = now;
+                    }
+                    Err(e) => {
+                        if meter.errors == 0 {
+                            eprintln!("oxio-loadgen: connection {i}: {e}");
+                        }
+                        meter.errors += 1;
+                        conn.active = false;
+                        alive -= 1;
+                        let _ = registry.deregister(&mut conn.stream);
+                        break;
+                    }
+                }
+            }
+        }
+        ready.clear();
+        let now = Instant::now();
+        meter.tick(now);
+        if meter.done(now) || alive == 0 {
+            return Ok(meter);
+        }
+        poll_once(&mut poll, &mut events, meter.timeout(now)).map_err(|e| format!("poll: {e}"))?;
+        ready.extend(events.iter().map(|event| event.token().0));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// connrate mode
+
+enum Phase {
+    /// No connection: start one (now, or after a transient failure, at the retry time).
+    Idle(Instant),
+    Connecting,
+    AwaitingEof,
+}
+
+struct Cycle {
+    stream: Option<Stream>,
+    phase: Phase,
+    started: Instant,
+}
+
+enum CycleStep {
+    Waiting,
+    Completed,
+    Failed(io::Error),
+}
+
+impl Cycle {
+    fn advance(&mut self, scratch: &mut [u8]) -> CycleStep {
+        let Some(stream) = self.stream.as_mut() else {
+            return CycleStep::Waiting;
+        };
+        if let Phase::Connecting = self.phase {
+            match stream.connect_state() {
+                Ok(false) => return CycleStep::Waiting,
+                Ok(true) => {}
+                Err(e) => return CycleStep::Failed(e),
+            }
+            if let Err(e) = stream.shutdown(Shutdown::Write) {
+                return CycleStep::Failed(e);
+            }
+            self.phase = Phase::AwaitingEof;
+        }
+        loop {
+            match stream.read(scratch) {
+                Ok(0) => return CycleStep::Completed,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return CycleStep::Waiting,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return CycleStep::Failed(e),
+            }
+        }
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL) | Some(libc::EAGAIN) | Some(libc::EINTR)
+        )
+}
+
+fn run_connrate(cfg: &Config) -> Result<Meter, String> {
+    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let registry = poll.registry().try_clone().map_err(|e| e.to_string())?;
+    let mut scratch = vec![0u8; 4096];
+    let mut meter = Meter::new(cfg);
+    let start = Instant::now();
+    let mut cycles: Vec<Cycle> = (0..cfg.conns)
+        .map(|_| Cycle {
+            stream: None,
+            phase: Phase::Idle(start),
+            started: start,
+        })
+        .collect();
+    let mut ready: Vec<usize> = Vec::new();
+    let mut stopping = false;
+    let mut attempts: u64 = 0;
+    loop {
+        let now = Instant::now();
+        // Start cycles on idle slots whose time has come.
+        let mut next_retry: Option<Instant> = None;
+        for (i, cycle) in cycles.iter_mut().enumerate() {
+            let Phase::Idle(at) = cycle.phase else {
+                continue;
+            };
+            if stopping {
+                continue;
+            }
+            if at > now {
+                next_retry = Some(next_retry.map_or(at, |r| r.min(at)));
+                continue;
+            }
+            attempts += 1;
+            match cfg.target.connect_spread(attempts) {
+                Ok(mut stream) => {
+                    registry
+                        .register(
+                            &mut stream,
+                            Token(i),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .map_err(|e| format!("register: {e}"))?;
+                    cycle.stream = Some(stream);
+                    cycle.phase = Phase::Connecting;
+                    cycle.started = now;
+                    ready.push(i);
+                }
+                Err(e) if transient(&e) => {
+                    meter.retries += 1;
+                    cycle.phase = Phase::Idle(now + RETRY_DELAY);
+                    next_retry = Some(now + RETRY_DELAY);
+                }
+                Err(e) => return Err(format!("connect to {:?}: {e}", cfg.target)),
+            }
+        }
+        for &i in &ready {
+            let cycle = &mut cycles[i];
+            let step = cycle.advance(&mut scratch);
+            let finished_ok = match step {
+                CycleStep::Waiting => continue,
+                CycleStep::Completed => true,
+                CycleStep::Failed(e) => {
+                    if meter.errors == 0 || e.kind() == ErrorKind::ConnectionRefused {
+                        eprintln!("oxio-loadgen: connection cycle: {e}");
+                    }
+                    if e.kind() == ErrorKind::ConnectionRefused && meter.total_requests == 0 {
+                        return Err(format!("connect to {:?}: {e}", cfg.target));
+                    }
+                    meter.errors += 1;
+                    false
+                }
+            };
+            if let Some(mut stream) = cycle.stream.take() {
+                let _ = registry.deregister(&mut stream);
+            }
+            let now = Instant::now();
+            if finished_ok && !meter.done(now) {
+                meter.record(cycle.started, now);
+            }
+            cycle.phase = Phase::Idle(now);
+            if meter.done(now) {
+                stopping = true;
+            }
+        }
+        ready.clear();
+        if meter.errors + meter.retries >= MAX_CYCLE_ERRORS {
+            eprintln!(
+                "oxio-loadgen: giving up after {} failed cycles and {} connect retries",
+                meter.errors, meter.retries
+            );
+            meter.errors = meter.errors.max(1);
+            return Ok(meter);
+        }
+        let now = Instant::now();
+        meter.tick(now);
+        if stopping || meter.done(now) {
+            return Ok(meter);
+        }
+        let mut timeout = meter.timeout(now);
+        if let Some(at) = next_retry {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if cycles
+            .iter()
+            .any(|c| matches!(c.phase, Phase::Idle(at) if at <= now))
+        {
+            timeout = Duration::ZERO;
+        }
+        poll_once(&mut poll, &mut events, timeout).map_err(|e| format!("poll: {e}"))?;
+        ready.extend(events.iter().map(|event| event.token().0));
+    }
+}
+
+fn main() -> ExitCode {
+    let cfg = match parse_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("oxio-loadgen: {e}\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(cpu) = cfg.cpu {
+        if let Err(e) = pin_to_cpu(cpu) {
+            eprintln!("oxio-loadgen: --cpu {cpu}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let result = match cfg.mode {
+        Mode::Echo => run_echo(&cfg),
+        Mode::ConnRate => run_connrate(&cfg),
+    };
+    match result {
+        Ok(meter) => {
+            println!("{}", meter.report(&cfg, Instant::now()));
+            if meter.errors > 0 {
+                ExitCode::from(3)
+            } else if meter.requests == 0 {
+                match cfg.mode {
+                    Mode::Echo => eprintln!("oxio-loadgen: no round trip completed"),
+                    Mode::ConnRate => eprintln!(
+                        "oxio-loadgen: no connection cycle completed (the server never closed \
+                         a connection after the client's end-of-file)"
+                    ),
+                }
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("oxio-loadgen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,556 @@
+"""Network benchmark: echo servers on asyncio, uvloop, rloop and oxio against a native
+ceiling, driven by the native load generator (benchmarks/loadgen).
+
+For every server kind (see net_servers.py) x message size (1 KiB, 64 KiB, 1 MiB) x loop, plus
+the `echo-ceiling` native server, a server process is pinned to one CPU and `oxio-loadgen`
+to another; the load generator runs request/response echo on `--conns` connections for a
+bounded time. Each row reports requests per second, MiB/s (payload, one direction), p99
+latency, and the server's CPU time per round trip (utime+stime from /proc/PID/stat, before
+and after, divided by every round trip the load generator made, warm-up included). A
+`connrate` row per loop measures connection cycles per second against the `protocol` server
+(connect, half-close, wait for the server to close; see benchmarks/loadgen/src/main.rs).
+
+Servers run in shuffled order in each of `--rounds` rounds; each row reports its best round
+(highest rps). Ratios are against the best of uvloop and rloop for the same row, and against
+the ceiling for the same size.
+
+    python benchmarks/net.py                    # the full run (about 10 minutes)
+    python benchmarks/net.py --rounds 1 --duration 2 --loops asyncio,uvloop
+    python benchmarks/net.py --smoke            # every row once, tiny: for CI
+
+A loop that is not installed is skipped with a note; a server that fails to start, or a run
+that fails, is reported as FAILED. The exit status is non-zero only when an asyncio row or a
+ceiling row failed (or the load generator cannot be built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from loops import LOOP_NAMES, loop_version  # noqa: E402
+from net_servers import KINDS  # noqa: E402
+
+CEILING = "ceiling"
+CONNRATE = "connrate"
+SIZES = (1024, 64 * 1024, 1024 * 1024)
+REFERENCE_LOOPS = ("uvloop", "rloop")
+SERVER_START_TIMEOUT = 20.0
+SERVER_STOP_TIMEOUT = 5.0
+CARGO_METADATA_TIMEOUT = 120.0
+CARGO_BUILD_TIMEOUT = 1800.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# the native binaries
+
+
+def cargo_target_dir() -> Path:
+    """The workspace's target directory (honours CARGO_TARGET_DIR and .cargo/config)."""
+    try:
+        out = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=CARGO_METADATA_TIMEOUT,
+            check=True,
+        ).stdout
+        return Path(json.loads(out)["target_directory"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        env = os.environ.get("CARGO_TARGET_DIR")
+        return Path(env) if env else ROOT / "target"
+
+
+def newest_source_mtime() -> float:
+    crate = HERE / "loadgen"
+    paths = [crate / "Cargo.toml", *crate.joinpath("src").rglob("*.rs")]
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+
+
+def native_binaries(force_build: bool) -> tuple[Path, Path]:
+    """Paths of oxio-loadgen and echo-ceiling, building them when missing or stale."""
+    release = cargo_target_dir() / "release"
+    loadgen, ceiling = release / "oxio-loadgen", release / "echo-ceiling"
+    fresh = (
+        all(p.exists() for p in (loadgen, ceiling))
+        and min(p.stat().st_mtime for p in (loadgen, ceiling)) >= newest_source_mtime()
+    )
+    if force_build or not fresh:
+        if shutil.which("cargo") is None:
+            raise SystemExit("net.py: the load generator is not built and cargo is not on PATH")
+        log("building the load generator: cargo build --release -p oxio-loadgen")
+        try:
+            subprocess.run(
+                ["cargo", "build", "--release", "-p", "oxio-loadgen"],
+                cwd=ROOT,
+                timeout=CARGO_BUILD_TIMEOUT,
+                check=True,
+                stdout=sys.stderr,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SystemExit(f"net.py: building the load generator failed: {e}") from e
+    for p in (loadgen, ceiling):
+        if not p.exists():
+            raise SystemExit(f"net.py: {p} missing after the build")
+    return loadgen, ceiling
+
+
+# ---------------------------------------------------------------------------------------
+# servers
+
+
+class ServerFailed(Exception):
+    pass
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class Server:
+    """A server process that has printed `LISTENING <where>`."""
+
+    def __init__(self, argv: list[str], stderr_path: Path) -> None:
+        self.stderr_path = stderr_path
+        self.stderr = open(stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            cwd=ROOT,
+        )
+        try:
+            self.where = self._await_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _await_listening(self) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        data = b""
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerFailed(f"no LISTENING line within {SERVER_START_TIMEOUT:.0f} s")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
+                raise ServerFailed(f"exited with status {self.proc.returncode}: {self.error()}")
+            data += chunk
+        line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+        if not line.startswith("LISTENING "):
+            raise ServerFailed(f"unexpected first line {line!r}")
+        return line.split(" ", 1)[1]
+
+    def error(self) -> str:
+        """The last line of the server's stderr, for a failure note."""
+        self.stderr.flush()
+        try:
+            lines = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "?"
+        return lines[-1][:200] if lines else "(no output)"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_ticks(self) -> int:
+        return cpu_ticks(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------
+# measurements
+
+
+@dataclass
+class Row:
+    kind: str  # a server kind, or "connrate"
+    transport: str  # "tcp" or "unix"
+    size: int  # message size; 0 for connrate
+    loop: str  # a loop name, or "ceiling"
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.kind, self.transport, self.size, self.loop)
+
+    def best(self) -> dict[str, Any] | None:
+        return max(self.rounds, key=lambda r: r["rps"], default=None)
+
+
+@dataclass
+class Unit:
+    """One server process per round: a loop (or the ceiling) serving one kind."""
+
+    loop: str
+    kind: str
+    transport: str
+    jobs: list[Row]
+
+
+def size_label(size: int) -> str:
+    if size == 0:
+        return "-"
+    if size % (1024 * 1024) == 0:
+        return f"{size // (1024 * 1024)} MiB"
+    if size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} B"
+
+
+def run_loadgen(
+    args: argparse.Namespace, loadgen: Path, where: str, transport: str, row: Row
+) -> dict[str, Any]:
+    argv = [str(loadgen), "--unix" if transport == "unix" else "--addr"]
+    argv.append(where if transport == "unix" else f"127.0.0.1:{where}")
+    argv += ["--conns", str(args.conns), "--duration", str(args.duration)]
+    argv += ["--warmup", str(args.warmup)]
+    if row.kind == CONNRATE:
+        argv += ["--mode", "connrate"]
+    else:
+        argv += ["--size", str(row.size)]
+    if args.max_requests:
+        argv += ["--max-requests", str(args.max_requests)]
+    if args.client_cpu is not None:
+        argv += ["--cpu", str(args.client_cpu)]
+    timeout = args.warmup + args.duration + 20.0
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"load generator timed out after {timeout:.0f} s") from e
+    result: dict[str, Any] = {}
+    if done.stdout.strip():
+        try:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        except ValueError:
+            pass
+    if done.returncode != 0 or not result:
+        why = done.stderr.strip().splitlines()
+        raise RuntimeError(why[-1] if why else f"load generator exited {done.returncode}")
+    return result
+
+
+def server_argv(args: argparse.Namespace, ceiling: Path, unit: Unit, sock: Path) -> list[str]:
+    if unit.loop == CEILING:
+        argv = [str(ceiling)]
+        argv += ["--unix", str(sock)] if unit.transport == "unix" else ["--addr", "127.0.0.1:0"]
+    else:
+        argv = [args.python, str(HERE / "net_servers.py"), "--loop", unit.loop]
+        argv += ["--kind", unit.kind]
+        argv += ["--unix", str(sock)] if unit.transport == "unix" else ["--port", "0"]
+    if args.server_cpu is not None:
+        argv += ["--cpu", str(args.server_cpu)]
+    return argv
+
+
+def run_unit(
+    args: argparse.Namespace, loadgen: Path, ceiling: Path, unit: Unit, tmp: Path, round_no: int
+) -> None:
+    sock = tmp / f"{unit.loop}-{unit.kind}.sock"
+    label = f"{unit.loop} {unit.kind}/{unit.transport}"
+    try:
+        server = Server(server_argv(args, ceiling, unit, sock), tmp / "server.err")
+    except (ServerFailed, OSError) as e:
+        note = f"server failed to start: {e}"
+        log(f"  round {round_no}: {label}: {note}")
+        for row in unit.jobs:
+            row.failures.append(note)
+        return
+    try:
+        for row in unit.jobs:
+            what = "connrate" if row.kind == CONNRATE else size_label(row.size)
+            if not server.alive():
+                row.failures.append(f"server exited: {server.error()}")
+                continue
+            before = server.cpu_ticks()
+            try:
+                result = run_loadgen(args, loadgen, server.where, unit.transport, row)
+            except RuntimeError as e:
+                note = str(e) if server.alive() else f"server exited: {server.error()}"
+                row.failures.append(note)
+                log(f"  round {round_no}: {label} {what}: FAILED: {note}")
+                continue
+            ticks = server.cpu_ticks() - before
+            total = max(int(result.get("total_requests", result["requests"])), 1)
+            result["server_cpu_us"] = ticks / CLK_TCK * 1e6 / total
+            result["round"] = round_no
+            row.rounds.append(result)
+            log(
+                f"  round {round_no}: {label} {what}: {result['rps']:,.0f} rps, "
+                f"p99 {result['p99_us']:,.0f} us"
+            )
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# the plan and the report
+
+
+def plan(args: argparse.Namespace, loops: list[str]) -> tuple[list[Unit], list[Row]]:
+    units: list[Unit] = []
+    rows: list[Row] = []
+
+    def add(loop: str, kind: str, transport: str, connrate: bool) -> None:
+        jobs = [Row(kind, transport, size, loop) for size in args.sizes]
+        if connrate:
+            jobs.append(Row(CONNRATE, transport, 0, loop))
+        units.append(Unit(loop, kind, transport, jobs))
+        rows.extend(jobs)
+
+    transports = ["tcp", "unix"] if args.unix else ["tcp"]
+    for transport in transports:
+        for loop in loops:
+            for kind in args.kinds:
+                if transport == "unix" and args.smoke and kind != "protocol":
+                    continue
+                add(loop, kind, transport, args.connrate and kind == "protocol")
+        if args.ceiling:
+            add(CEILING, "native", transport, args.connrate)
+    return units, rows
+
+
+def ratio(value: float, reference: float | None) -> str:
+    if not reference:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def table(rows: list[Row], loops: list[str]) -> str:
+    by_key = {row.key: row for row in rows}
+
+    def best_rps(kind: str, transport: str, size: int, loop: str) -> float | None:
+        row = by_key.get((kind, transport, size, loop))
+        best = row.best() if row else None
+        return best["rps"] if best else None
+
+    header = (
+        "| kind | size | loop | rps | MiB/s | p99 µs | server CPU µs/req "
+        "| vs best of uvloop/rloop | vs ceiling |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    order = {name: i for i, name in enumerate([*loops, CEILING])}
+    kind_order = {name: i for i, name in enumerate([*KINDS, "native", CONNRATE])}
+    kinds = sorted(
+        {(row.kind, row.transport) for row in rows},
+        key=lambda kt: (kt[1], kind_order.get(kt[0], 99)),
+    )
+    for kind, transport in kinds:
+        group = [r for r in rows if (r.kind, r.transport) == (kind, transport)]
+        group.sort(key=lambda r: (r.size, order.get(r.loop, 99)))
+        for row in group:
+            label = row.kind if transport == "tcp" else f"{row.kind} (unix)"
+            cells = [label, size_label(row.size), row.loop]
+            best = row.best()
+            if best is None:
+                cells += ["FAILED", "", "", "", "", ""]
+            else:
+                refs = [best_rps(row.kind, transport, row.size, loop) for loop in REFERENCE_LOOPS]
+                ref = max((r for r in refs if r), default=None)
+                ceiling_kind = CONNRATE if row.kind == CONNRATE else "native"
+                ceil = best_rps(ceiling_kind, transport, row.size, CEILING)
+                mib = f"{best['mib_per_s']:,.1f}" if row.kind != CONNRATE else "-"
+                cells += [
+                    f"{best['rps']:,.0f}",
+                    mib,
+                    f"{best['p99_us']:,.0f}",
+                    f"{best['server_cpu_us']:,.1f}",
+                    ratio(best["rps"], ref),
+                    ratio(best["rps"], ceil),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument("--conns", type=int, default=16)
+    parser.add_argument("--max-requests", type=int, default=0, help="bound per measurement")
+    parser.add_argument("--loops", default=",".join(LOOP_NAMES))
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="bytes, comma list")
+    parser.add_argument("--unix", action="store_true", help="also run over Unix sockets")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
+    parser.add_argument("--no-connrate", dest="connrate", action="store_false")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for servers")
+    parser.add_argument("--seed", type=int, help="seed for the shuffled order")
+    parser.add_argument("--build", action="store_true", help="rebuild the load generator")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every row once, tiny (CI); Unix rows included"
+    )
+    args = parser.parse_args(argv)
+    args.loops = [name for name in args.loops.split(",") if name]
+    args.kinds = [name for name in args.kinds.split(",") if name]
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    for name in args.loops:
+        if name not in LOOP_NAMES:
+            parser.error(f"unknown loop {name!r}; choose from {', '.join(LOOP_NAMES)}")
+    for name in args.kinds:
+        if name not in KINDS:
+            parser.error(f"unknown kind {name!r}; choose from {', '.join(KINDS)}")
+    if args.smoke:
+        args.rounds, args.duration, args.warmup = 1, 0.3, 0.0
+        args.max_requests = args.max_requests or 50
+        args.conns = min(args.conns, 4)
+        args.unix = True
+    if not (1 <= args.rounds <= 100 and 0 < args.duration <= 600 and 0 <= args.warmup <= 60):
+        parser.error("--rounds 1..100, --duration 0..600 s, --warmup 0..60 s")
+    if not (1 <= args.conns <= 1000):
+        parser.error("--conns 1..1000")
+    available = os.sched_getaffinity(0)
+    if args.no_pin or not {args.server_cpu, args.client_cpu} <= available:
+        if not args.no_pin:
+            log(f"note: CPUs {args.server_cpu} and {args.client_cpu} not both free: not pinning")
+        args.server_cpu = args.client_cpu = None
+    return args
+
+
+def installed(name: str) -> bool:
+    if name == "asyncio":
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    loadgen, ceiling = native_binaries(args.build)
+    notes: list[str] = []
+    loops = []
+    for name in args.loops:
+        if installed(name):
+            loops.append(name)
+        else:
+            notes.append(f"{name}: not installed, skipped")
+            log(f"note: {name} is not installed, skipping it")
+    units, rows = plan(args, loops)
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="oxio-net-") as tmp:
+        for round_no in range(1, args.rounds + 1):
+            order = list(units)
+            rng.shuffle(order)
+            log(f"round {round_no}/{args.rounds}: {len(order)} servers")
+            for unit in order:
+                run_unit(args, loadgen, ceiling, unit, Path(tmp), round_no)
+
+    report = table(rows, loops)
+    print(report)
+    failed: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row.best() is None:
+            why = row.failures[0] if row.failures else "no result"
+            what = row.kind if row.transport == "tcp" else f"{row.kind} (unix)"
+            if row.kind != CONNRATE:
+                what += f" {size_label(row.size)}"
+            failed.setdefault((row.loop, why), []).append(what)
+    for (loop, why), what in failed.items():
+        notes.append(f"FAILED {loop}: {', '.join(what)}: {why}")
+    if notes:
+        print()
+        for note in notes:
+            print(f"- {note}")
+    elapsed = time.monotonic() - started
+    if args.server_cpu is None:
+        pinned = "unpinned"
+    else:
+        pinned = f"server on CPU {args.server_cpu}, load generator on CPU {args.client_cpu}"
+    print(
+        f"\n{args.rounds} round(s) x {args.duration:g} s (+{args.warmup:g} s warm-up), "
+        f"{args.conns} connections, {pinned}; best round per row; {elapsed:.0f} s in all."
+    )
+
+    if args.json:
+        meta = {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "versions": {name: loop_version(name) for name in loops},
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "notes": notes,
+        }
+        data = {
+            "meta": meta,
+            "rows": [
+                {
+                    "kind": row.kind,
+                    "transport": row.transport,
+                    "size": row.size,
+                    "loop": row.loop,
+                    "best": row.best(),
+                    "rounds": row.rounds,
+                    "failures": row.failures,
+                }
+                for row in rows
+            ],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+
+    fatal = [r for r in rows if r.best() is None and r.loop in ("asyncio", CEILING)]
+    return 1 if fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The low-level socket methods (``sock_recv``, ``sock_sendall``, ``sock_connect``, ...)
+with asyncio's checks and semantics: try the call at once, and only when it would block
+wait for readiness with a descriptor watch that a cancelled future removes."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import io
+import os
+import socket
+
+from asyncio import constants, exceptions
+
+try:
+    import ssl as _ssl
+except ImportError:  # pragma: no cover - Python built without ssl
+    _ssl = None
+
+_IP_FAMILIES = (socket.AF_INET, getattr(socket, "AF_INET6", socket.AF_INET))
+
+
+def check_ssl_socket(sock) -> None:
+    if _ssl is not None and isinstance(sock, _ssl.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+
+
+def check_sendfile_params(sock, file, offset, count) -> None:
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if not sock.type == socket.SOCK_STREAM:
+        raise ValueError("only SOCK_STREAM type sockets are supported")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
+class SocketMixin:
+    """The loop's ``sock_*`` methods."""
+
+    def _check_sock(self, sock) -> None:
+        check_ssl_socket(sock)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    def _sock_read_done(self, fd, fut, handle=None):
+        if handle is None or not handle.cancelled():
+            self.remove_reader(fd)
+
+    def _sock_write_done(self, fd, fut, handle=None):
+        if handle is None or not handle.cancelled():
+            self.remove_writer(fd)
+
+    def _wait_readable(self, sock, callback, *args):
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_reader(fd, callback, fut, *args)
+        fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle=handle))
+        return fut
+
+    def _wait_writable(self, sock, callback, *args):
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, callback, fut, *args)
+        fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
+        return fut
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def sock_recv(self, sock, n):
+        self._check_sock(sock)
+        try:
+            return sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._wait_readable(sock, self._sock_recv_ready, sock, n)
+
+    def _sock_recv_ready(self, fut, sock, n):
+        if fut.done():
+            return
+        try:
+            data = sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(data)
+
+    async def sock_recv_into(self, sock, buf):
+        self._check_sock(sock)
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._wait_readable(sock, self._sock_recv_into_ready, sock, buf)
+
+    def _sock_recv_into_ready(self, fut, sock, buf):
+        if fut.done():
+            return
+        try:
+            n = sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(n)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        self._check_sock(sock)
+        try:
+            return sock.recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._wait_readable(sock, self._sock_recvfrom_ready, sock, bufsize)
+
+    def _sock_recvfrom_ready(self, fut, sock, bufsize):
+        if fut.done():
+            return
+        try:
+            result = sock.recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        self._check_sock(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            return sock.recvfrom_into(buf, nbytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._wait_readable(sock, self._sock_recvfrom_into_ready, sock, buf, nbytes)
+
+    def _sock_recvfrom_into_ready(self, fut, sock, buf, nbytes):
+        if fut.done():
+            return
+        try:
+            result = sock.recvfrom_into(buf, nbytes)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    # -- sending --------------------------------------------------------------------
+
+    async def sock_sendall(self, sock, data):
+        self._check_sock(sock)
+        try:
+            n = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n == len(data):
+            return
+        fut = self._wait_writable(sock, self._sock_sendall_ready, sock, memoryview(data), [n])
+        return await fut
+
+    def _sock_sendall_ready(self, fut, sock, view, pos):
+        if fut.done():
+            return
+        start = pos[0]
+        try:
+            n = sock.send(view[start:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        start += n
+        if start == len(view):
+            fut.set_result(None)
+        else:
+            pos[0] = start
+
+    async def sock_sendto(self, sock, data, address):
+        self._check_sock(sock)
+        try:
+            return sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._wait_writable(sock, self._sock_sendto_ready, sock, data, address)
+
+    def _sock_sendto_ready(self, fut, sock, data, address):
+        if fut.done():
+            return
+        try:
+            n = sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(n)
+
+    # -- connecting and accepting --------------------------------------------------------
+
+    async def sock_connect(self, sock, address):
+        self._check_sock(sock)
+        if sock.family in _IP_FAMILIES:
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto
+            )
+            address = resolved[0][4]
+        fut = self.create_future()
+        fd = sock.fileno()
+        try:
+            sock.connect(address)
+        except (BlockingIOError, InterruptedError):
+            self._ensure_fd_no_transport(fd)
+            handle = self._add_writer(fd, self._sock_connect_ready, fut, sock, address)
+            fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        try:
+            return await fut
+        finally:
+            # Break the cycle exception -> traceback -> this frame -> fut.
+            fut = None
+
+    def _sock_connect_ready(self, fut, sock, address):
+        if fut.done():
+            return
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err != 0:
+                raise OSError(err, f"Connect call failed {address}")
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            fut = None
+
+    async def sock_accept(self, sock):
+        self._check_sock(sock)
+        fut = self.create_future()
+        self._sock_accept_ready(fut, sock, first=True)
+        return await fut
+
+    def _sock_accept_ready(self, fut, sock, first=False):
+        if fut.done():
+            return
+        try:
+            conn, address = sock.accept()
+            conn.setblocking(False)
+        except (BlockingIOError, InterruptedError):
+            if first:
+                fd = sock.fileno()
+                self._ensure_fd_no_transport(fd)
+                handle = self._add_reader(fd, self._sock_accept_ready, fut, sock)
+                fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle=handle))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result((conn, address))
+
+    # -- sendfile -----------------------------------------------------------------------
+
+    async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        check_ssl_socket(sock)
+        check_sendfile_params(sock, file, offset, count)
+        try:
+            return await self._sock_sendfile_native(sock, file, offset, count)
+        except exceptions.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await self._sock_sendfile_fallback(sock, file, offset, count)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from err
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from err
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # an empty file
+        fut = self.create_future()
+        self._sendfile_step(fut, None, sock, fileno, offset, count, blocksize, 0)
+        return await fut
+
+    def _sendfile_step(self, fut, registered_fd, sock, fileno, offset, count, blocksize, sent):
+        fd = sock.fileno()
+        if registered_fd is not None:
+            # One watch per step: removed here, added again if the socket blocks.
+            self.remove_writer(registered_fd)
+        if fut.cancelled():
+            self._sendfile_seek(fileno, offset, sent)
+            return
+        if count:
+            blocksize = count - sent
+            if blocksize <= 0:
+                self._sendfile_seek(fileno, offset, sent)
+                fut.set_result(sent)
+                return
+        try:
+            n = os.sendfile(fd, fileno, offset, blocksize)
+        except (BlockingIOError, InterruptedError):
+            if registered_fd is None:
+                self._sendfile_watch_cancel(fut, sock)
+            self.add_writer(
+                fd, self._sendfile_step, fut, fd, sock, fileno, offset, count, blocksize, sent
+            )
+        except OSError as exc:
+            if (
+                registered_fd is not None
+                and exc.errno == errno.ENOTCONN
+                and type(exc) is not ConnectionError
+            ):
+                new_exc = ConnectionError("socket is not connected", errno.ENOTCONN)
+                new_exc.__cause__ = exc
+                exc = new_exc
+            self._sendfile_seek(fileno, offset, sent)
+            if sent == 0:
+                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
+            else:
+                fut.set_exception(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._sendfile_seek(fileno, offset, sent)
+            fut.set_exception(exc)
+        else:
+            if n == 0:
+                # End of file.
+                self._sendfile_seek(fileno, offset, sent)
+                fut.set_result(sent)
+            else:
+                offset += n
+                sent += n
+                if registered_fd is None:
+                    self._sendfile_watch_cancel(fut, sock)
+                self.add_writer(
+                    fd, self._sendfile_step, fut, fd, sock, fileno, offset, count, blocksize, sent
+                )
+
+    @staticmethod
+    def _sendfile_seek(fileno, offset, sent):
+        if sent > 0:
+            os.lseek(fileno, offset, os.SEEK_SET)
+
+    def _sendfile_watch_cancel(self, fut, sock):
+        def on_done(fut):
+            if fut.cancelled():
+                fd = sock.fileno()
+                if fd != -1:
+                    self.remove_writer(fd)
+
+        fut.add_done_callback(on_done)
+
+    async def _sock_sendfile_fallback(self, sock, file, offset, count):
+        if offset:
+            file.seek(offset)
+        size = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
+        blocksize = min(count, size) if count else size
+        buf = bytearray(blocksize)
+        total_sent = 0
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        break
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    break  # EOF
+                await self.sock_sendall(sock, view[:read])
+                total_sent += read
+            return total_sent
+        finally:
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)

@@ -1,0 +1,79 @@
+"""The transports protocols see: subclasses of asyncio's transport classes (so that
+``isinstance(transport, asyncio.Transport)`` holds) whose methods are those of the Rust
+engine object behind them.
+
+A Rust class cannot subclass ``asyncio.Transport`` (its ``__slots__`` give it an instance
+layout of its own), so each transport is a small Python object in front of a Rust one.
+The engine's bound methods are stored on the instance, so calling ``transport.write``
+costs exactly what calling the Rust method directly would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from asyncio import constants
+
+#: The methods a stream transport takes from its engine.
+_STREAM_METHODS = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "abort",
+    "close",
+    "is_closing",
+    "get_extra_info",
+    "pause_reading",
+    "resume_reading",
+    "is_reading",
+    "set_write_buffer_limits",
+    "get_write_buffer_limits",
+    "get_write_buffer_size",
+    "set_protocol",
+    "get_protocol",
+)
+
+
+class SocketTransport(asyncio.Transport):
+    """A connected TCP or Unix stream socket (asyncio's ``_SelectorSocketTransport``)."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, core):
+        # asyncio.BaseTransport.__init__ is not called: the engine keeps the extra info.
+        self._core = core
+        d = self.__dict__
+        for name in _STREAM_METHODS:
+            d[name] = getattr(core, name)
+
+    @property
+    def _extra(self):
+        return self._core._extra_dict()
+
+    @property
+    def _sock(self):
+        return self._core._sock()
+
+    @property
+    def _sock_fd(self):
+        return self._core._fileno()
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self):
+        self._core._reset_empty_waiter()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._core._repr_info()}>"
+
+    def __del__(self, _warn=warnings.warn):
+        core = self.__dict__.get("_core")
+        if core is None:
+            return
+        sock = core._sock()
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()

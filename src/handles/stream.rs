@@ -1,0 +1,1123 @@
+//! `StreamTransport`: a connected TCP or Unix stream socket driving an asyncio
+//! `Protocol` or `BufferedProtocol`, with asyncio's `_SelectorSocketTransport` semantics.
+//!
+//! The transport is the engine behind the Python-visible `oxio._transports
+//! .SocketTransport` (a subclass of `asyncio.Transport`, which a Rust class cannot be):
+//! the protocol sees that object, whose methods are this one's.
+//!
+//! Hot path: a read lands in the loop's read buffer and is copied once into an exactly
+//! sized `bytes` (or goes straight into the `BufferedProtocol`'s buffer); writes are
+//! queued and leave in one vectored write when the loop flushes before polling, or at
+//! once when the queue passes the high-water mark or the loop is not running.
+
+use std::os::fd::RawFd;
+
+use oxio_core::{socket_io, Flushed, WriteQueue};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::errors;
+use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
+use crate::fd_watch::Side;
+use crate::gil_cell::GilCell;
+use crate::py_refs;
+
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's default high-water mark for writes.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// One queued write: an immutable `bytes` kept by reference, or a private copy of
+/// mutable data (`bytearray`, `memoryview`) that the caller may change after `write()`.
+pub(crate) enum Chunk {
+    Bytes(Py<PyBytes>),
+    Owned(Box<[u8]>),
+}
+
+impl AsRef<[u8]> for Chunk {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Chunk::Bytes(b) => {
+                // SAFETY: a `bytes` object is immutable and lives while we hold a
+                // reference to it; its buffer and size are read without side effects,
+                // and every queue operation runs with the GIL held.
+                unsafe {
+                    let p = b.as_ptr();
+                    std::slice::from_raw_parts(
+                        pyo3::ffi::PyBytes_AsString(p) as *const u8,
+                        pyo3::ffi::PyBytes_Size(p) as usize,
+                    )
+                }
+            }
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+/// Mutable state, borrowed only between calls into Python.
+struct State {
+    /// The socket object; `None` once the connection is lost and the socket closed.
+    sock: Option<Py<PyAny>>,
+    /// The object the protocol sees (a subclass of `asyncio.Transport`).
+    proxy: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    buffered: bool,
+    server: Option<Py<PyAny>>,
+    extra: Option<Py<PyDict>>,
+    queue: WriteQueue<Chunk>,
+    high: usize,
+    low: usize,
+    closing: bool,
+    eof: bool,
+    conn_lost: u32,
+    paused: bool,
+    protocol_paused: bool,
+    reading: bool,
+    writing: bool,
+    flush_queued: bool,
+    empty_waiter: Option<Py<PyAny>>,
+    released: Vec<Chunk>,
+}
+
+/// A connected stream socket's transport. See the module documentation.
+#[pyclass(frozen, module = "oxio._oxio", name = "StreamTransport")]
+pub struct StreamTransport {
+    lp: Py<Loop>,
+    fd: RawFd,
+    st: GilCell<State>,
+}
+
+fn proxy_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        py.import("oxio._transports")?
+            .getattr("SocketTransport")
+            .map(Bound::unbind)
+    })
+    .map(|v| v.bind(py))
+}
+
+fn buffered_protocol_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        py.import("asyncio")?
+            .getattr("BufferedProtocol")
+            .map(Bound::unbind)
+    })
+    .map(|v| v.bind(py))
+}
+
+fn set_result_unless_cancelled(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        py.import("asyncio.futures")?
+            .getattr("_set_result_unless_cancelled")
+            .map(Bound::unbind)
+    })
+    .map(|v| v.bind(py))
+}
+
+/// Disables Nagle's algorithm on TCP sockets, as asyncio does for every transport.
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` (a valid c_int) for the given length; on a socket
+    // that is not TCP it fails harmlessly and the error is ignored.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn is_tcp(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let family: i32 = sock.getattr(intern!(sock.py(), "family"))?.extract()?;
+    Ok(family == libc::AF_INET || family == libc::AF_INET6)
+}
+
+/// Creates the transport for `sock` (connected, non-blocking) and schedules, as asyncio
+/// does, `protocol.connection_made(transport)`, the start of reading, and then the
+/// waiter's result. Returns the Python-visible transport.
+#[pyfunction]
+#[pyo3(signature = (lp, sock, protocol, waiter=None, extra=None, server=None))]
+pub fn make_stream_transport<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    lp.get().check_closed()?;
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    if is_tcp(sock)? {
+        set_nodelay(fd);
+    }
+    let buffered = protocol.is_instance(buffered_protocol_class(py)?)?;
+    let server = server.filter(|s| !s.is_none());
+    let core = Bound::new(
+        py,
+        StreamTransport {
+            lp: lp.clone().unbind(),
+            fd,
+            st: GilCell::new(State {
+                sock: Some(sock.clone().unbind()),
+                proxy: None,
+                protocol: Some(protocol.clone().unbind()),
+                buffered,
+                server: server.map(|s| s.clone().unbind()),
+                extra: extra.map(|e| e.clone().unbind()),
+                queue: WriteQueue::new(),
+                high: DEFAULT_HIGH_WATER,
+                low: DEFAULT_HIGH_WATER / 4,
+                closing: false,
+                eof: false,
+                conn_lost: 0,
+                paused: false,
+                protocol_paused: false,
+                reading: false,
+                writing: false,
+                flush_queued: false,
+                empty_waiter: None,
+                released: Vec::new(),
+            }),
+        },
+    )?;
+    let proxy = proxy_class(py)?.call1((&core,))?;
+    core.get()
+        .st
+        .with(py, |s| s.proxy = Some(proxy.clone().unbind()));
+    if let Some(server) = server {
+        server.call_method1(intern!(py, "_attach"), (&proxy,))?;
+    }
+    lp.get().adopt_transport(py, fd, core.clone().unbind());
+    let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
+    Loop::call_soon_internal(lp, &connection_made, (&proxy,))?;
+    Loop::call_soon_internal(lp, &core.getattr(intern!(py, "_start_reading"))?, ())?;
+    if let Some(w) = waiter.filter(|w| !w.is_none()) {
+        Loop::call_soon_internal(lp, set_result_unless_cancelled(py)?, (w, py.None()))?;
+    }
+    Ok(proxy)
+}
+
+impl StreamTransport {
+    /// True once `close()` or `abort()` ran or the connection was lost.
+    pub(crate) fn is_closing_flag(&self, py: Python<'_>) -> bool {
+        self.st.with(py, |s| s.closing)
+    }
+
+    fn proxy<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.st
+            .with(py, |s| s.proxy.as_ref().map(|p| p.bind(py).clone()))
+    }
+
+    fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.st
+            .with(py, |s| s.protocol.as_ref().map(|p| p.bind(py).clone()))
+    }
+
+    fn drop_released(&self, py: Python<'_>) {
+        let released = self.st.with(py, |s| std::mem::take(&mut s.released));
+        drop(released);
+    }
+
+    fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let start = this.st.with(py, |s| {
+            let start = !s.reading && !s.paused && !s.closing;
+            if start {
+                s.reading = true;
+            }
+            start
+        });
+        if start {
+            let cb = slf.getattr(intern!(py, "_read_ready"))?;
+            if let Err(e) = Loop::watch_internal(this.lp.bind(py), this.fd, Side::Read, &cb, false)
+            {
+                this.st.with(py, |s| s.reading = false);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_reading_watch(&self, py: Python<'_>) {
+        let stop = self
+            .st
+            .with(py, |s| std::mem::replace(&mut s.reading, false));
+        if stop {
+            self.lp.get().unwatch_internal(py, self.fd, Side::Read);
+        }
+    }
+
+    fn stop_writing_watch(&self, py: Python<'_>) {
+        let stop = self
+            .st
+            .with(py, |s| std::mem::replace(&mut s.writing, false));
+        if stop {
+            self.lp.get().unwatch_internal(py, self.fd, Side::Write);
+        }
+    }
+
+    /// asyncio's `_fatal_error`: OS errors are only logged in debug mode; anything else
+    /// goes to the exception handler. Then the transport is force-closed.
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = this.lp.bind(py);
+        let value = exc.value(py).clone();
+        if value.is_instance_of::<pyo3::exceptions::PyOSError>() {
+            if lp.get().is_debug() {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("exc_info", true)?;
+                let repr = this
+                    .proxy(py)
+                    .map(|p| p.into_any())
+                    .unwrap_or(slf.clone().into_any());
+                exc.clone_ref(py).restore(py);
+                let logged = py_refs::logger(py)?.call_method(
+                    "debug",
+                    ("%r: %s", repr, message),
+                    Some(&kwargs),
+                );
+                PyErr::take(py);
+                logged?;
+            }
+        } else {
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", message)?;
+            ctx.set_item("exception", exc.clone_ref(py).into_value(py))?;
+            ctx.set_item("transport", this.proxy(py))?;
+            ctx.set_item("protocol", this.protocol(py))?;
+            errors::call_exception_handler(lp, ctx.as_any())?;
+        }
+        Self::force_close(slf, Some(value.into_any()))
+    }
+
+    /// asyncio's `_force_close`: drop queued data, stop watching, and schedule
+    /// `connection_lost(exc)` once.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (already, was_closing) = this.st.with(py, |s| {
+            if s.conn_lost > 0 {
+                return (true, true);
+            }
+            let mut released = std::mem::take(&mut s.released);
+            s.queue.clear(&mut released);
+            s.released = released;
+            let was_closing = s.closing;
+            s.closing = true;
+            s.conn_lost += 1;
+            (false, was_closing)
+        });
+        if already {
+            return Ok(());
+        }
+        this.drop_released(py);
+        this.stop_writing_watch(py);
+        if !was_closing {
+            this.stop_reading_watch(py);
+        }
+        let exc = exc.map_or_else(|| py.None(), |e| e.unbind());
+        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        Loop::call_soon_internal(this.lp.bind(py), &cb, (exc,))?;
+        Ok(())
+    }
+
+    /// asyncio's `_maybe_pause_protocol`.
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let pause = this.st.with(py, |s| {
+            if s.queue.len() > s.high && !s.protocol_paused {
+                s.protocol_paused = true;
+                true
+            } else {
+                false
+            }
+        });
+        if pause {
+            this.protocol_call_guarded(py, "pause_writing", "protocol.pause_writing() failed")?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_maybe_resume_protocol`.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let resume = this.st.with(py, |s| {
+            if s.protocol_paused && s.queue.len() <= s.low {
+                s.protocol_paused = false;
+                true
+            } else {
+                false
+            }
+        });
+        if resume {
+            this.protocol_call_guarded(py, "resume_writing", "protocol.resume_writing() failed")?;
+        }
+        Ok(())
+    }
+
+    /// Calls a flow-control method of the protocol; a failure goes to the exception
+    /// handler, an exit exception propagates.
+    fn protocol_call_guarded(&self, py: Python<'_>, method: &str, message: &str) -> PyResult<()> {
+        let Some(protocol) = self.protocol(py) else {
+            return Ok(());
+        };
+        if let Err(e) = protocol.call_method0(method) {
+            if errors::is_exit_exception(py, &e) {
+                return Err(e);
+            }
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", message)?;
+            ctx.set_item("exception", e.into_value(py))?;
+            ctx.set_item("transport", self.proxy(py))?;
+            ctx.set_item("protocol", protocol)?;
+            errors::call_exception_handler(self.lp.bind(py), ctx.as_any())?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued. Called by the loop before it polls, by `write()` when the
+    /// queue is past the high-water mark, and when the socket becomes writable.
+    pub(crate) fn flush_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = this.st.with(py, |s| {
+            s.flush_queued = false;
+            if s.conn_lost > 0 || s.queue.is_empty() {
+                return None;
+            }
+            let mut released = std::mem::take(&mut s.released);
+            let r = s.queue.write_to(this.fd, &mut released);
+            s.released = released;
+            Some(r)
+        });
+        this.drop_released(py);
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        match outcome {
+            Err(e) => {
+                this.stop_writing_watch(py);
+                let waiter = this.st.with(py, |s| {
+                    let mut released = std::mem::take(&mut s.released);
+                    s.queue.clear(&mut released);
+                    s.released = released;
+                    s.empty_waiter.take()
+                });
+                this.drop_released(py);
+                let err = os_error(e);
+                let exc = err.value(py).clone();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                if let Some(w) = waiter {
+                    w.bind(py)
+                        .call_method1(intern!(py, "set_exception"), (exc,))?;
+                }
+                Ok(())
+            }
+            Ok(Flushed::Partial) => {
+                let start = this
+                    .st
+                    .with(py, |s| !std::mem::replace(&mut s.writing, true));
+                if start {
+                    let cb = slf.getattr(intern!(py, "_write_ready"))?;
+                    Loop::watch_internal(this.lp.bind(py), this.fd, Side::Write, &cb, false)?;
+                }
+                Self::maybe_resume_protocol(slf)
+            }
+            Ok(Flushed::All) => {
+                Self::maybe_resume_protocol(slf)?;
+                let (empty, waiter, closing, eof) = this.st.with(py, |s| {
+                    let empty = s.queue.is_empty();
+                    let waiter = if empty { s.empty_waiter.take() } else { None };
+                    (empty, waiter, s.closing, s.eof)
+                });
+                if !empty {
+                    // resume_writing() wrote more: it leaves with the next flush.
+                    this.queue_self(slf);
+                    return Ok(());
+                }
+                this.stop_writing_watch(py);
+                if let Some(w) = waiter {
+                    w.bind(py)
+                        .call_method1(intern!(py, "set_result"), (py.None(),))?;
+                }
+                if closing {
+                    Self::call_connection_lost(slf, py.None().bind(py))?;
+                } else if eof {
+                    socket_io::shutdown_write(this.fd).map_err(os_error)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn queue_self(&self, slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let queue = self.st.with(py, |s| {
+            let q = !s.flush_queued && !s.writing;
+            if q {
+                s.flush_queued = true;
+            }
+            q
+        });
+        if queue {
+            self.lp.get().queue_flush(py, slf.clone().unbind());
+        }
+    }
+
+    /// Forgets a queued flush (the loop is unwinding with an exception).
+    pub(crate) fn cancel_flush(&self, py: Python<'_>) {
+        self.st.with(py, |s| s.flush_queued = false);
+    }
+
+    fn check_write(&self, py: Python<'_>) -> PyResult<bool> {
+        let (eof, sendfile, conn_lost) = self
+            .st
+            .with(py, |s| (s.eof, s.empty_waiter.is_some(), s.conn_lost));
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if conn_lost > 0 {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                py_refs::logger(py)?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            self.st.with(py, |s| s.conn_lost += 1);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn to_chunk(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return Ok(Chunk::Bytes(b.clone().unbind()));
+        }
+        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            let buf = PyBuffer::<u8>::get(data)?;
+            return Ok(Chunk::Owned(buf.to_vec(data.py())?.into_boxed_slice()));
+        }
+        Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {:?}",
+            data.get_type().name()?.to_string()
+        )))
+    }
+
+    /// Queues chunks and arranges their flush.
+    fn enqueue(slf: &Bound<'_, Self>, chunks: Vec<Chunk>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (len, high, empty_chunks) = this.st.with(py, |s| {
+            let mut empty = Vec::new();
+            for c in chunks {
+                if let Some(c) = s.queue.push(c) {
+                    empty.push(c);
+                }
+            }
+            (s.queue.len(), s.high, empty)
+        });
+        drop(empty_chunks);
+        if len == 0 {
+            return Ok(());
+        }
+        if len > high || !this.lp.get().running_flag() {
+            Self::flush_queued(slf)?;
+            return Self::maybe_pause_protocol(slf);
+        }
+        this.queue_self(slf);
+        Ok(())
+    }
+
+    fn read_ready_data(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = this.lp.get();
+        let read = lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
+            Err(e) => Err(e),
+        });
+        match read {
+            Ok(None) => Self::read_eof(slf),
+            Ok(Some((data, full))) => {
+                if full {
+                    lp.request_rearm(py, this.fd);
+                }
+                let Some(protocol) = this.protocol(py) else {
+                    return Ok(());
+                };
+                match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                    Ok(_) => Ok(()),
+                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
+                    Err(e) => Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.data_received() call failed.",
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
+        }
+    }
+
+    fn read_ready_buffered(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        let buf = protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|b| {
+                let buf = PyBuffer::<u8>::get(&b)?;
+                if buf.readonly() {
+                    return Err(PyTypeError::new_err(
+                        "get_buffer() returned a read-only buffer",
+                    ));
+                }
+                if buf.len_bytes() == 0 {
+                    return Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ));
+                }
+                if !buf.is_c_contiguous() {
+                    return Err(PyValueError::new_err(
+                        "get_buffer() returned a non-contiguous buffer",
+                    ));
+                }
+                Ok(buf)
+            });
+        let buf = match buf {
+            Ok(b) => b,
+            Err(e) if errors::is_exit_exception(py, &e) => return Err(e),
+            Err(e) => {
+                return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        let len = buf.len_bytes();
+        // SAFETY: the buffer is writable, C-contiguous and `len` bytes long, and stays
+        // exported (so neither moved nor freed) until `buf` is released below.
+        let read = unsafe { socket_io::recv_raw(this.fd, buf.buf_ptr() as *mut u8, len) };
+        drop(buf);
+        match read {
+            Ok(0) => Self::read_eof(slf),
+            Ok(n) => {
+                if n == len {
+                    this.lp.get().request_rearm(py, this.fd);
+                }
+                match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                    Ok(_) => Ok(()),
+                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
+                    Err(e) => Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
+        }
+    }
+
+    fn read_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.lp.get().is_debug() {
+            py_refs::logger(py)?.call_method1("debug", ("%r received EOF", this.proxy(py)))?;
+        }
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        let keep_open = match protocol
+            .call_method0(intern!(py, "eof_received"))
+            .and_then(|r| r.is_truthy())
+        {
+            Ok(k) => k,
+            Err(e) if errors::is_exit_exception(py, &e) => return Err(e),
+            Err(e) => {
+                return Self::fatal_error(
+                    slf,
+                    e,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
+            }
+        };
+        if keep_open {
+            this.stop_reading_watch(py);
+            Ok(())
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    fn close_socket(&self, py: Python<'_>) -> PyResult<()> {
+        let sock = self.st.with(py, |s| s.sock.take());
+        if let Some(sock) = sock {
+            self.lp.get().forget_transport(py, self.fd);
+            sock.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::start_reading_watch(slf)
+    }
+
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (lost, buffered) = slf.get().st.with(py, |s| (s.conn_lost > 0, s.buffered));
+        if lost {
+            return Ok(());
+        }
+        if buffered {
+            Self::read_ready_buffered(slf)
+        } else {
+            Self::read_ready_data(slf)
+        }
+    }
+
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flush_queued(slf)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::call_connection_lost(slf, exc)
+    }
+
+    /// Write `data` (bytes, bytearray or memoryview) to the transport.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let chunk = Self::to_chunk(data)?;
+        if !slf.get().check_write(py)? {
+            return Ok(());
+        }
+        Self::enqueue(slf, vec![chunk])
+    }
+
+    /// Write every bytes-like object of an iterable, in one go.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let mut chunks = Vec::new();
+        for item in list_of_data.try_iter()? {
+            chunks.push(Self::to_chunk(&item?)?);
+        }
+        if !slf.get().check_write(py)? {
+            return Ok(());
+        }
+        Self::enqueue(slf, chunks)
+    }
+
+    /// Close the write end after queued data is flushed.
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let shut_now = this.st.with(py, |s| {
+            if s.closing || s.eof {
+                return false;
+            }
+            s.eof = true;
+            s.queue.is_empty()
+        });
+        if shut_now {
+            socket_io::shutdown_write(this.fd).map_err(os_error)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Close now, dropping queued data; `connection_lost(None)` follows.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    /// Close after queued data is flushed; `connection_lost(None)` follows.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lost_now = this.st.with(py, |s| {
+            if s.closing {
+                return None;
+            }
+            s.closing = true;
+            Some(if s.queue.is_empty() {
+                s.conn_lost += 1;
+                true
+            } else {
+                false
+            })
+        });
+        let Some(lost_now) = lost_now else {
+            return Ok(());
+        };
+        this.stop_reading_watch(py);
+        if lost_now {
+            this.stop_writing_watch(py);
+            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            Loop::call_soon_internal(this.lp.bind(py), &cb, (py.None(),))?;
+        }
+        Ok(())
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.is_closing_flag(py)
+    }
+
+    /// `socket`, `sockname`, `peername`, and whatever extra the transport was made with.
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let extra = self.extra(py)?;
+        Ok(match extra.bind(py).get_item(name)? {
+            Some(v) => v.unbind(),
+            None => default.unwrap_or_else(|| py.None()),
+        })
+    }
+
+    fn _extra_dict(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        self.extra(py)
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        let pause = self.st.with(py, |s| {
+            if s.closing || s.paused {
+                return false;
+            }
+            s.paused = true;
+            true
+        });
+        if pause {
+            self.stop_reading_watch(py);
+            if self.lp.get().is_debug() {
+                py_refs::logger(py)?
+                    .call_method1("debug", ("%r pauses reading", self.proxy(py)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let resume = this.st.with(py, |s| {
+            if s.closing || !s.paused {
+                return false;
+            }
+            s.paused = false;
+            true
+        });
+        if resume {
+            Self::start_reading_watch(slf)?;
+            if this.lp.get().is_debug() {
+                py_refs::logger(py)?
+                    .call_method1("debug", ("%r resumes reading", this.proxy(py)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.st.with(py, |s| !s.paused && !s.closing)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let (high, low) = water_marks(py, high, low)?;
+        slf.get().st.with(py, |s| {
+            s.high = high;
+            s.low = low;
+        });
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        self.st.with(py, |s| (s.low, s.high))
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.st.with(py, |s| s.queue.len())
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = protocol.is_instance(buffered_protocol_class(py)?)?;
+        let old = self.st.with(py, |s| {
+            s.buffered = buffered;
+            s.protocol.replace(protocol.clone().unbind())
+        });
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .with(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    /// The descriptor, for the Python side (sendfile, repr).
+    fn _fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The socket object while the transport owns it.
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .with(py, |s| s.sock.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    /// A future that completes when the write queue is empty (sendfile waits on it).
+    fn _make_empty_waiter<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.st.with(py, |s| s.empty_waiter.is_some()) {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = this
+            .lp
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        let empty = this.st.with(py, |s| {
+            s.empty_waiter = Some(waiter.clone().unbind());
+            s.queue.is_empty()
+        });
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter)
+    }
+
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.st.with(py, |s| s.protocol_paused)
+    }
+
+    fn _loop(&self, py: Python<'_>) -> Py<Loop> {
+        self.lp.clone_ref(py)
+    }
+
+    /// Lets `sock_sendfile` watch the descriptor while sendfile runs (asyncio takes the
+    /// transport out of the loop's registry for that time).
+    fn _release_fd(&self, py: Python<'_>) {
+        self.lp.get().forget_transport(py, self.fd);
+    }
+
+    /// Ends what `_release_fd` began.
+    fn _reclaim_fd(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        if this.st.with(py, |s| s.sock.is_some()) {
+            this.lp
+                .get()
+                .adopt_transport(py, this.fd, slf.clone().unbind());
+        }
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let w = self.st.with(py, |s| s.empty_waiter.take());
+        drop(w);
+    }
+
+    /// The state summary asyncio puts in a transport's repr.
+    fn _repr_info(&self, py: Python<'_>) -> String {
+        let (open, closing, reading, writing, size) = self.st.with(py, |s| {
+            (
+                s.sock.is_some(),
+                s.closing,
+                s.reading,
+                s.writing,
+                s.queue.len(),
+            )
+        });
+        let mut info = String::new();
+        if !open {
+            info.push_str("closed ");
+        } else if closing {
+            info.push_str("closing ");
+        }
+        info.push_str(&format!("fd={}", self.fd));
+        if !self.lp.get().is_closed_flag() {
+            info.push_str(if reading {
+                " read=polling"
+            } else {
+                " read=idle"
+            });
+            info.push_str(&format!(
+                " write=<{}, bufsize={size}>",
+                if writing { "polling" } else { "idle" }
+            ));
+        }
+        info
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("<StreamTransport {}>", self._repr_info(py))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.lp)?;
+        if let Some(visited) = self.st.try_peek(|s| -> Result<(), PyTraverseError> {
+            visit.call(s.sock.as_ref())?;
+            visit.call(s.proxy.as_ref())?;
+            visit.call(s.protocol.as_ref())?;
+            visit.call(s.server.as_ref())?;
+            visit.call(s.empty_waiter.as_ref())?;
+            visit.call(s.extra.as_ref())?;
+            Ok(())
+        }) {
+            visited?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // Breaks the transport <-> protocol cycle of a connection nobody closed.
+        let taken = self
+            .st
+            .try_peek(|s| (s.proxy.take(), s.protocol.take(), s.server.take()));
+        drop(taken);
+    }
+}
+
+impl StreamTransport {
+    fn extra(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        if let Some(e) = self
+            .st
+            .with(py, |s| s.extra.as_ref().map(|e| e.clone_ref(py)))
+        {
+            if e.bind(py).contains(intern!(py, "socket"))? {
+                return Ok(e);
+            }
+        }
+        // Built on first use: most connections never ask.
+        let sock = self
+            .st
+            .with(py, |s| s.sock.as_ref().map(|p| p.clone_ref(py)));
+        let given = self
+            .st
+            .with(py, |s| s.extra.as_ref().map(|e| e.clone_ref(py)));
+        let extra = match given {
+            Some(e) => e.bind(py).copy()?,
+            None => PyDict::new(py),
+        };
+        if let Some(sock) = sock {
+            let sock = sock.bind(py);
+            extra.set_item(
+                "socket",
+                py.import("asyncio.trsock")?
+                    .getattr("TransportSocket")?
+                    .call1((sock,))?,
+            )?;
+            if !extra.contains("sockname")? {
+                extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
+            }
+            if !extra.contains("peername")? {
+                extra.set_item("peername", sock.call_method0("getpeername").ok())?;
+            }
+        }
+        let extra = extra.unbind();
+        let old = self.st.with(py, |s| s.extra.replace(extra.clone_ref(py)));
+        drop(old);
+        Ok(extra)
+    }
+
+    /// asyncio's `_call_connection_lost`: tell the protocol, close the socket, detach
+    /// from the server, and drop the references that tie the objects together.
+    fn call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // Make sure the extra info (peername above all) outlives the socket.
+        let _ = this.extra(py);
+        let protocol = this.protocol(py);
+        let result = match protocol {
+            Some(p) => p
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let closed = this.close_socket(py);
+        let (proxy, protocol, server) = this
+            .st
+            .with(py, |s| (s.proxy.take(), s.protocol.take(), s.server.take()));
+        drop(protocol);
+        let detached = match server {
+            Some(server) => server
+                .bind(py)
+                .call_method1(intern!(py, "_detach"), (proxy,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        result.and(closed).and(detached)
+    }
+}
+
+/// asyncio's `_set_write_buffer_limits` arithmetic and checks.
+fn water_marks(
+    py: Python<'_>,
+    high: Option<&Bound<'_, PyAny>>,
+    low: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(usize, usize)> {
+    let high = high.filter(|h| !h.is_none());
+    let low = low.filter(|l| !l.is_none());
+    let high: i64 = match (high, low) {
+        (Some(h), _) => h.extract()?,
+        (None, None) => DEFAULT_HIGH_WATER as i64,
+        (None, Some(l)) => 4 * l.extract::<i64>()?,
+    };
+    let low: i64 = match low {
+        Some(l) => l.extract()?,
+        None => high / 4,
+    };
+    if !(high >= low && low >= 0) {
+        let _ = py;
+        return Err(PyValueError::new_err(format!(
+            "high ({high}) must be >= low ({low}) must be >= 0"
+        )));
+    }
+    Ok((high as usize, low as usize))
+}
+
+/// Keeps `READ_BUFFER_SIZE` referenced from this module's docs.
+const _: usize = READ_BUFFER_SIZE;
+
+/// Registers the stream transport's Python-visible pieces.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<StreamTransport>()?;
+    m.add_function(wrap_pyfunction!(make_stream_transport, m)?)?;
+    let _ = PyTuple::empty(m.py());
+    Ok(())
+}
