@@ -140,13 +140,17 @@ class Server:
     def __init__(self, argv: list[str], stderr_path: Path) -> None:
         self.stderr_path = stderr_path
         self.stderr = open(stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            cwd=ROOT,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr,
+                cwd=ROOT,
+            )
+        except BaseException:
+            self.stderr.close()
+            raise
         try:
             self.where = self._await_listening()
         except BaseException:

@@ -151,7 +151,9 @@ impl FdWatches {
                 }
             }
         }
-        if watch.level {
+        // Edge-triggered watchers drain what they are told about, except an end of
+        // file that arrived with data: re-arm so that the next poll reports it.
+        if watch.level || ev.closed {
             self.fired.push(fd);
         }
     }

@@ -64,11 +64,12 @@ class SendfileFallbackProtocol:
         self._transport = transport
         self._proto = transport.get_protocol()
         self._should_resume_reading = transport.is_reading()
-        self._should_resume_writing = transport._core._protocol_paused()
+        self._should_resume_writing = transport._protocol_paused
         transport.pause_reading()
         transport.set_protocol(self)
-        loop = transport._core._loop()
-        self._write_ready_fut = loop.create_future() if self._should_resume_writing else None
+        self._write_ready_fut = (
+            transport._loop.create_future() if self._should_resume_writing else None
+        )
 
     async def drain(self):
         if self._transport.is_closing():
@@ -88,7 +89,7 @@ class SendfileFallbackProtocol:
 
     def pause_writing(self):
         if self._write_ready_fut is None:
-            self._write_ready_fut = self._transport._core._loop().create_future()
+            self._write_ready_fut = self._transport._loop.create_future()
 
     def resume_writing(self):
         if self._write_ready_fut is not None:

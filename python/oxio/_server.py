@@ -10,7 +10,7 @@ import os
 import socket
 import stat
 import sys
-from asyncio import constants, events, exceptions, tasks, trsock
+from asyncio import base_events, constants, events, exceptions, tasks, trsock
 from asyncio.log import logger
 
 from ._sockets import check_ssl_socket
@@ -402,6 +402,9 @@ class ServerMixin:
         return server
 
     def _bind_listeners(self, infos, reuse_address, reuse_port):
+        # Through asyncio's module reference, so that code which patches
+        # `asyncio.base_events.socket` (CPython's tests do) sees our calls too.
+        socket = base_events.socket
         sockets = []
         completed = False
         try:

@@ -53,12 +53,23 @@ class SocketTransport(asyncio.Transport):
         return self._core._extra_dict()
 
     @property
+    def _loop(self):
+        return self._core._loop()
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused()
+
+    @property
     def _sock(self):
         return self._core._sock()
 
     @property
     def _sock_fd(self):
         return self._core._fileno()
+
+    def _force_close(self, exc):
+        self._core._force_close(exc)
 
     def _make_empty_waiter(self):
         return self._core._make_empty_waiter()

@@ -754,6 +754,11 @@ impl StreamTransport {
         true
     }
 
+    /// asyncio's `_force_close(exc)`: the TLS protocol ends a failed connection with it.
+    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
+    }
+
     /// Close now, dropping queued data; `connection_lost(None)` follows.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)

@@ -29,7 +29,7 @@ MIXIN_TARGETS: dict[str, tuple] = {
     "events": ("test_events", ["EventLoopTestsMixin", "SubprocessTestsMixin"], "utils"),
     "sock_lowlevel": ("test_sock_lowlevel", ["BaseSockTestsMixin"], "utils"),
     "sendfile": ("test_sendfile", ["SendfileTestsBase"], "utils"),
-    "server": ("test_server", ["BaseStartServer"], "functional"),
+    "server": ("test_server", ["SelectorStartServerTests"], "functional"),
     "buffered_proto": ("test_buffered_proto", ["BaseTestBufferedProtocol"], "functional"),
     "sslproto": ("test_sslproto", ["BaseStartTLS"], "functional"),
     "subprocess_mixin": ("test_subprocess", ["SubprocessMixin"], "utils"),

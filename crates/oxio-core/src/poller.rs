@@ -61,6 +61,9 @@ pub struct Readiness {
     pub readable: bool,
     /// Writable, or in error.
     pub writable: bool,
+    /// The peer hung up or the descriptor is in error. An edge-triggered reader that
+    /// sees this must read until end of file: no further edge will announce it.
+    pub closed: bool,
 }
 
 /// Registers descriptors with a [`Poller`]; usable from any thread while the poller
@@ -155,6 +158,7 @@ impl Poller {
                 token: e.token().0,
                 readable: e.is_readable() || e.is_read_closed() || error,
                 writable: e.is_writable() || e.is_write_closed() || error,
+                closed: e.is_read_closed() || e.is_write_closed() || error,
             }
         })
     }

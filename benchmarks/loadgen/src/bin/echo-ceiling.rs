@@ -24,7 +24,11 @@ const USAGE: &str = "usage: echo-ceiling [--addr HOST:PORT | --unix PATH] [--cpu
 const LISTENER: Token = Token(usize::MAX - 1);
 const STDIN: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
-const BUFFER: usize = 256 * 1024;
+/// The one read buffer all connections share (so it stays in cache).
+const READ_BUFFER: usize = 256 * 1024;
+/// Reading continues while less than this is waiting to be written back (as an asyncio
+/// transport keeps reading while its write buffer grows), then pauses until it drains.
+const HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Read/write rounds one connection gets per turn before others are served.
 const BUDGET: usize = 64;
 
@@ -56,9 +60,12 @@ impl Drop for Listener {
 
 struct Conn {
     stream: Stream,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    /// Bytes read but not yet written back (only when a write came up short).
+    pending: Vec<u8>,
+    /// How much of `pending` has been written.
+    sent: usize,
+    /// The peer has finished sending: close once `pending` is written.
+    eof: bool,
 }
 
 enum Pump {
@@ -71,26 +78,63 @@ enum Pump {
 }
 
 impl Conn {
-    /// Writes out what is pending, then reads more and writes it, until the socket blocks.
-    fn pump(&mut self) -> Pump {
+    /// Writes out what is pending and reads more, writing what it reads straight back from
+    /// the shared buffer, until both directions block. Only what a write leaves over is
+    /// copied (into `pending`).
+    fn pump(&mut self, scratch: &mut [u8]) -> Pump {
         for _ in 0..BUDGET {
-            while self.start < self.end {
-                match self.stream.write(&self.buf[self.start..self.end]) {
+            let mut progressed = false;
+            let mut write_blocked = false;
+            while self.sent < self.pending.len() {
+                match self.stream.write(&self.pending[self.sent..]) {
                     Ok(0) => return Pump::Close,
-                    Ok(n) => self.start += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Pump::Blocked,
+                    Ok(n) => {
+                        self.sent += n;
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        write_blocked = true;
+                        break;
+                    }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return Pump::Close,
                 }
             }
-            self.start = 0;
-            self.end = 0;
-            match self.stream.read(&mut self.buf) {
-                Ok(0) => return Pump::Close,
-                Ok(n) => self.end = n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Pump::Blocked,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Pump::Close,
+            if self.sent == self.pending.len() {
+                self.pending.clear();
+                self.sent = 0;
+                if self.eof {
+                    return Pump::Close;
+                }
+            } else if self.sent >= self.pending.len() / 2 {
+                self.pending.drain(..self.sent);
+                self.sent = 0;
+            }
+            if !self.eof && self.pending.len() - self.sent < HIGH_WATER {
+                match self.stream.read(scratch) {
+                    Ok(0) if self.pending.is_empty() => return Pump::Close,
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        progressed = true;
+                        let mut written = 0;
+                        while self.pending.is_empty() && !write_blocked && written < n {
+                            match self.stream.write(&scratch[written..n]) {
+                                Ok(0) => return Pump::Close,
+                                Ok(k) => written += k,
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => write_blocked = true,
+                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                Err(_) => return Pump::Close,
+                            }
+                        }
+                        self.pending.extend_from_slice(&scratch[written..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => progressed = true,
+                    Err(_) => return Pump::Close,
+                }
+            }
+            if !progressed {
+                return Pump::Blocked;
             }
         }
         Pump::Again
@@ -215,9 +259,7 @@ fn serve(target: &Target) -> io::Result<()> {
     let mut free: Vec<usize> = Vec::new();
     let mut ready: Vec<usize> = Vec::new();
     let mut again: Vec<usize> = Vec::new();
-    // Buffers of closed connections, reused so that a connection costs no allocation (a
-    // fresh 256 KiB buffer would be an mmap, page faults and an munmap each time).
-    let mut buffers: Vec<Box<[u8]>> = Vec::new();
+    let mut scratch = vec![0u8; READ_BUFFER];
     loop {
         let timeout = if again.is_empty() {
             None
@@ -260,11 +302,9 @@ fn serve(target: &Target) -> io::Result<()> {
                     )?;
                     conns[slot] = Some(Conn {
                         stream,
-                        buf: buffers
-                            .pop()
-                            .unwrap_or_else(|| vec![0u8; BUFFER].into_boxed_slice()),
-                        start: 0,
-                        end: 0,
+                        pending: Vec::new(),
+                        sent: 0,
+                        eof: false,
                     });
                     ready.push(slot);
                 },
@@ -275,13 +315,12 @@ fn serve(target: &Target) -> io::Result<()> {
             let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            match conn.pump() {
+            match conn.pump(&mut scratch) {
                 Pump::Blocked => {}
                 Pump::Again => again.push(slot),
                 Pump::Close => {
                     if let Some(mut conn) = conns[slot].take() {
                         let _ = poll.registry().deregister(&mut conn.stream);
-                        buffers.push(conn.buf);
                     }
                     again.retain(|&s| s != slot);
                     free.push(slot);
