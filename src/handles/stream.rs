@@ -440,25 +440,30 @@ impl StreamTransport {
                 Self::maybe_resume_protocol(slf)
             }
             Ok(Flushed::All) => {
-                Self::maybe_resume_protocol(slf)?;
-                let (empty, waiter, closing, eof) = this.st.with(py, |s| {
-                    let empty = s.queue.is_empty();
-                    let waiter = if empty { s.empty_waiter.take() } else { None };
-                    (empty, waiter, s.closing, s.eof)
-                });
-                if !empty {
-                    // resume_writing() wrote more: it leaves with the next flush.
-                    this.queue_self(slf);
-                    return Ok(());
-                }
+                // Stop watching first: whatever resume_writing() writes is then queued
+                // for the next flush instead of waiting for an edge that never comes.
                 this.stop_writing_watch(py);
+                Self::maybe_resume_protocol(slf)?;
+                let done = this.st.with(py, |s| {
+                    if !s.queue.is_empty() {
+                        return None;
+                    }
+                    let lost_now = s.closing && s.conn_lost == 0;
+                    if lost_now {
+                        s.conn_lost += 1;
+                    }
+                    Some((s.empty_waiter.take(), lost_now, s.eof && !s.closing))
+                });
+                let Some((waiter, lost_now, shut_write)) = done else {
+                    return Ok(());
+                };
                 if let Some(w) = waiter {
                     w.bind(py)
                         .call_method1(intern!(py, "set_result"), (py.None(),))?;
                 }
-                if closing {
+                if lost_now {
                     Self::call_connection_lost(slf, py.None().bind(py))?;
-                } else if eof {
+                } else if shut_write {
                     socket_io::shutdown_write(this.fd).map_err(os_error)?;
                 }
                 Ok(())
@@ -519,7 +524,7 @@ impl StreamTransport {
             return Ok(Chunk::Owned(buf.to_vec(data.py())?.into_boxed_slice()));
         }
         Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not {:?}",
+            "data argument must be a bytes-like object, not '{}'",
             data.get_type().name()?.to_string()
         )))
     }

@@ -1,0 +1,495 @@
+"""The stream transport (TCP and Unix): bytes in order and complete, half-close, flow
+control, reading pauses, close and abort, hostile peers, and the errors asyncio raises."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import tempfile
+
+import pytest
+from conftest import run, run_until
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB with a pattern a lost or moved byte breaks
+
+
+class Collect(asyncio.Protocol):
+    """Records everything a transport tells its protocol."""
+
+    def __init__(self, eof_keep_open=False):
+        self.transport = None
+        self.data = bytearray()
+        self.events = []
+        self.eof_keep_open = eof_keep_open
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        assert isinstance(data, bytes)
+        self.data += data
+
+    def eof_received(self):
+        self.events.append("eof")
+        return self.eof_keep_open
+
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class BufferedCollect(asyncio.BufferedProtocol):
+    def __init__(self, size):
+        self.buf = bytearray(size)
+        self.data = bytearray()
+        self.eof = False
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self, exc):
+        pass
+
+
+async def connected_pair(loop, protocol_factory):
+    """A transport on `loop` for one end of a socket pair; the other end is a plain
+    non-blocking socket."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    transport, protocol = await loop.connect_accepted_socket(protocol_factory, a)
+    return transport, protocol, b
+
+
+async def tcp_pair(loop, protocol_factory):
+    """A TCP connection over loopback: (client transport, client protocol, server sock)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        port = listener.getsockname()[1]
+        connect = loop.create_connection(protocol_factory, "127.0.0.1", port)
+        (transport, protocol), (peer, _) = await asyncio.gather(
+            connect, loop.sock_accept(listener)
+        )
+    finally:
+        listener.close()
+    peer.setblocking(False)
+    return transport, protocol, peer
+
+
+async def recv_exactly(loop, sock, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = await loop.sock_recv(sock, min(1 << 20, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+async def recv_until_eof(loop, sock):
+    out = bytearray()
+    while chunk := await loop.sock_recv(sock, 1 << 20):
+        out += chunk
+    return bytes(out)
+
+
+def test_transport_is_an_asyncio_transport(loop):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        assert isinstance(tr, asyncio.Transport)
+        assert pr.events == ["made"]
+        assert tr.get_protocol() is pr
+        assert tr.can_write_eof()
+        assert tr.is_reading() and not tr.is_closing()
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_every_byte_arrives_in_order_both_ways(loop):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        # Many writes of uneven sizes, some of them mutable buffers changed afterwards.
+        pos = 0
+        for size in (1, 7, 4096, 100_000, 65_536, 3):
+            chunk = bytearray(PAYLOAD[pos : pos + size])
+            tr.write(chunk)
+            chunk[:] = b"\0" * len(chunk)  # the transport copied it
+            pos += size
+        tr.writelines([PAYLOAD[pos : pos + 10], memoryview(PAYLOAD)[pos + 10 :]])
+        got = await recv_exactly(loop, peer, len(PAYLOAD))
+        assert got == PAYLOAD
+        await loop.sock_sendall(peer, PAYLOAD)
+        while len(pr.data) < len(PAYLOAD):
+            await asyncio.sleep(0.001)
+        assert pr.data == PAYLOAD
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_writes_of_one_iteration_are_queued_together(oxloop):
+    # oxio-only: writes leave in one vectored write when the loop next polls, so the
+    # buffer holds both until then (asyncio sends each at once).
+    async def main():
+        tr, pr, peer = await tcp_pair(oxloop, Collect)
+        tr.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        tr.write(b"body")
+        assert tr.get_write_buffer_size() == 23
+        await asyncio.sleep(0)
+        assert tr.get_write_buffer_size() == 0
+        assert await recv_exactly(oxloop, peer, 23) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+        tr.close()
+        peer.close()
+
+    run(oxloop, main())
+
+
+def test_write_rejects_what_asyncio_rejects(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        with pytest.raises(TypeError, match="data argument must be a bytes-like object, not 'str'"):
+            tr.write("text")
+        with pytest.raises(TypeError):
+            tr.writelines(["text"])
+        tr.write(b"")  # nothing to do, no error
+        tr.write_eof()
+        with pytest.raises(RuntimeError, match=r"Cannot call write\(\) after write_eof\(\)"):
+            tr.write(b"x")
+        tr.close()
+        peer.close()
+
+    run(loop, main())
+
+
+def test_write_buffer_limits(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        assert tr.get_write_buffer_limits() == (16384, 65536)
+        tr.set_write_buffer_limits(high=100)
+        assert tr.get_write_buffer_limits() == (25, 100)
+        tr.set_write_buffer_limits(low=10)
+        assert tr.get_write_buffer_limits() == (10, 40)
+        with pytest.raises(ValueError, match=r"high \(1\) must be >= low \(2\) must be >= 0"):
+            tr.set_write_buffer_limits(high=1, low=2)
+        with pytest.raises(ValueError):
+            tr.set_write_buffer_limits(high=-1)
+        tr.close()
+        peer.close()
+
+    run(loop, main())
+
+
+def test_flow_control_pauses_and_resumes_writing(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.set_write_buffer_limits(high=64 * 1024)
+        while "pause" not in pr.events:
+            tr.write(PAYLOAD)  # a socket pair's buffer fills after a few MiB
+            await asyncio.sleep(0)
+        size = tr.get_write_buffer_size()
+        assert size > 64 * 1024
+        assert "resume" not in pr.events
+        # Drain the peer: the transport flushes and resumes the protocol.
+        expected = 0
+        received = 0
+        while "resume" not in pr.events:
+            received += len(await loop.sock_recv(peer, 1 << 20))
+        assert tr.get_write_buffer_size() <= 16 * 1024
+        expected = received + tr.get_write_buffer_size()
+        tr.write_eof()
+        received += len(await recv_until_eof(loop, peer))
+        assert received >= expected
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_pause_and_resume_reading(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        assert not tr.is_reading()
+        tr.pause_reading()  # idempotent
+        peer.send(b"while paused")
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert pr.data == b""
+        tr.resume_reading()
+        assert tr.is_reading()
+        while pr.data != b"while paused":
+            await asyncio.sleep(0.001)
+        tr.close()
+        assert not tr.is_reading()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_write_eof_half_closes_and_the_peer_can_still_answer(loop):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        tr.write(b"request")
+        tr.write_eof()
+        tr.write_eof()  # idempotent
+        assert await recv_until_eof(loop, peer) == b"request"
+        await loop.sock_sendall(peer, b"answer")
+        peer.close()
+        await pr.lost
+        assert pr.data == b"answer"
+        assert pr.events[-2:] == ["eof", ("lost", None)]
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("keep_open", [False, True])
+def test_peer_half_close(loop, keep_open):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, lambda: Collect(eof_keep_open=keep_open))
+        await loop.sock_sendall(peer, b"last words")
+        peer.shutdown(socket.SHUT_WR)
+        while "eof" not in pr.events:
+            await asyncio.sleep(0.001)
+        assert pr.data == b"last words"
+        if keep_open:
+            # eof_received() returned true: the transport stays open for writing.
+            assert not tr.is_closing()
+            tr.write(b"reply after eof")
+            tr.close()
+            assert await recv_until_eof(loop, peer) == b"reply after eof"
+        else:
+            assert tr.is_closing()
+        await pr.lost
+        peer.close()
+
+    run(loop, main())
+
+
+def test_data_and_eof_in_one_event_are_both_delivered(loop):
+    # The peer's data and its FIN can arrive together; the EOF must not be lost.
+    async def main():
+        a, b = socket.socketpair()
+        b.sendall(b"x" * 1000)
+        b.close()
+        tr, pr = await loop.connect_accepted_socket(Collect, a)
+        await pr.lost
+        assert pr.data == b"x" * 1000
+        assert pr.events == ["made", "eof", ("lost", None)]
+
+    run(loop, main())
+
+
+def test_close_flushes_and_abort_drops(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.write(PAYLOAD)
+        tr.close()
+        assert tr.is_closing()
+        tr.close()  # idempotent
+        assert await recv_until_eof(loop, peer) == PAYLOAD
+        await pr.lost
+        assert pr.events[0] == "made" and pr.events[-1] == ("lost", None)
+        peer.close()
+
+        tr, pr, peer = await connected_pair(loop, Collect)
+        for _ in range(20):
+            tr.write(PAYLOAD)
+        tr.abort()
+        assert tr.get_write_buffer_size() == 0
+        await pr.lost
+        assert pr.events[-1] == ("lost", None)
+        received = len(await recv_until_eof(loop, peer))
+        assert received < 20 * len(PAYLOAD)
+        peer.close()
+
+    run(loop, main())
+
+
+def test_writes_after_close_are_dropped_and_logged(loop, caplog):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.abort()
+        await pr.lost
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(7):
+                tr.write(b"late")
+        assert "socket.send() raised exception." in caplog.text
+        assert await recv_until_eof(loop, peer) == b""
+        peer.close()
+
+    run(loop, main())
+
+
+def test_peer_reset_mid_write(loop):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        for _ in range(16):
+            tr.write(PAYLOAD)
+        await loop.sock_recv(peer, 1000)
+        # An abortive close: RST instead of FIN.
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        exc = await pr.lost
+        assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        assert tr.is_closing()
+        tr.write(b"after reset")  # dropped, no error
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_buffered_protocol_receives_every_byte(loop, size):
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, pr = await loop.connect_accepted_socket(lambda: BufferedCollect(size), a)
+        data = PAYLOAD[: 200_000 + size]
+        await loop.sock_sendall(b, data)
+        b.close()
+        while not pr.eof:
+            await asyncio.sleep(0.001)
+        assert pr.data == data
+        tr.close()
+
+    run(loop, main())
+
+
+def test_extra_info(loop):
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        assert tr.get_extra_info("peername") == peer.getsockname()
+        assert tr.get_extra_info("sockname") == peer.getpeername()
+        sock = tr.get_extra_info("socket")
+        assert sock.fileno() >= 0 and sock.family == socket.AF_INET
+        assert tr.get_extra_info("nonexistent") is None
+        assert tr.get_extra_info("nonexistent", 42) == 42
+        local = peer.getpeername()
+        tr.close()
+        peer.close()
+        await pr.lost
+        # Still answered after the socket is gone.
+        assert tr.get_extra_info("sockname") == local
+
+    run(loop, main())
+
+
+def test_transport_descriptor_is_not_the_users_to_watch(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        fd = tr.get_extra_info("socket").fileno()
+        with pytest.raises(RuntimeError, match=f"File descriptor {fd} is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.remove_writer(fd)
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_unix_stream_round_trip(loop):
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "s.sock")
+            server_protos = []
+
+            def factory():
+                p = Collect()
+                server_protos.append(p)
+                return p
+
+            server = await loop.create_unix_server(factory, path)
+            tr, pr = await loop.create_unix_connection(Collect, path)
+            tr.write(PAYLOAD)
+            tr.write_eof()
+            while not server_protos or "eof" not in server_protos[0].events:
+                await asyncio.sleep(0.001)
+            assert server_protos[0].data == PAYLOAD
+            assert tr.get_extra_info("peername") == path
+            tr.close()
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_protocol_errors_go_to_the_exception_handler(loop):
+    class Bad(Collect):
+        def data_received(self, data):
+            raise ZeroDivisionError("boom")
+
+    async def main():
+        seen = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        tr, pr, peer = await connected_pair(loop, Bad)
+        peer.send(b"x")
+        exc = await pr.lost
+        assert isinstance(exc, ZeroDivisionError)
+        assert seen[0]["message"] == "Fatal error: protocol.data_received() call failed."
+        assert seen[0]["protocol"] is pr
+        assert seen[0]["transport"] is tr
+        peer.close()
+
+    run(loop, main())
+
+
+def test_loop_close_with_open_transport_does_not_crash(loop):
+    async def main():
+        return await connected_pair(loop, Collect)
+
+    tr, pr, peer = run(loop, main())
+    tr.close()
+    run_until(loop, lambda: pr.lost.done())
+    peer.close()
+
+
+def test_data_written_by_resume_writing_is_sent(loop):
+    # resume_writing() runs as the buffer drains; what it writes must still leave.
+    class Refill(Collect):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.write(b"tail")
+            self.transport.close()
+
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Refill)
+        tr.set_write_buffer_limits(high=1024)
+        tr.write(PAYLOAD * 4)
+        assert "pause" in pr.events
+        got = await recv_until_eof(loop, peer)
+        assert got == PAYLOAD * 4 + b"tail"
+        await pr.lost
+        peer.close()
+
+    run(loop, main())
