@@ -28,6 +28,11 @@ use crate::py_refs;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// A queue this long is written at once rather than at the end of the iteration: the
+/// system call is amortized over that much data anyway, and freeing large buffers
+/// promptly keeps the allocator from returning memory to the kernel and faulting it
+/// back in (measured: 10 page faults per 64 KiB echo otherwise).
+const FLUSH_NOW_BYTES: usize = 16 * 1024;
 /// asyncio's default high-water mark for writes.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -546,7 +551,11 @@ impl StreamTransport {
         if len == 0 {
             return Ok(());
         }
-        if len > high || !this.lp.get().running_flag() {
+        if this.st.with(py, |s| s.writing) {
+            // The kernel's buffer is full: the writability edge flushes everything.
+            return Self::maybe_pause_protocol(slf);
+        }
+        if len >= FLUSH_NOW_BYTES || len > high || !this.lp.get().running_flag() {
             Self::flush_queued(slf)?;
             return Self::maybe_pause_protocol(slf);
         }
