@@ -1,0 +1,247 @@
+"""create_server, create_unix_server and the Server object: asyncio.Server's whole API,
+and accepting that survives running out of descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+import tempfile
+
+import pytest
+from conftest import run
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def echo_once(loop, addr, payload=b"ping", family=socket.AF_INET):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        await loop.sock_connect(s, addr)
+        await loop.sock_sendall(s, payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = await loop.sock_recv(s, 65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+    finally:
+        s.close()
+
+
+def test_server_api(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        assert isinstance(server, asyncio.AbstractServer)
+        assert server.get_loop() is loop
+        assert server.is_serving()
+        (sock,) = server.sockets
+        addr = sock.getsockname()
+        assert await echo_once(loop, addr) == b"ping"
+        server.close()
+        assert not server.is_serving()
+        assert server.sockets == ()
+        await server.wait_closed()
+        with pytest.raises(ConnectionRefusedError):
+            await echo_once(loop, addr)
+
+    run(loop, main())
+
+
+def test_start_serving_later(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, start_serving=False)
+        assert not server.is_serving()
+        await server.start_serving()
+        assert server.is_serving()
+        assert await echo_once(loop, server.sockets[0].getsockname()) == b"ping"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_async_with_and_serve_forever(loop):
+    async def main():
+        async with await loop.create_server(Echo, "127.0.0.1", 0) as server:
+            task = asyncio.ensure_future(server.serve_forever())
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="is already being awaited on serve_forever"):
+                await server.serve_forever()
+            assert await echo_once(loop, server.sockets[0].getsockname()) == b"ping"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not server.is_serving()
+        with pytest.raises(RuntimeError, match="is closed"):
+            await server.serve_forever()
+
+    run(loop, main())
+
+
+def test_wait_closed_waits_for_connections(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, server.sockets[0].getsockname())
+        await loop.sock_sendall(client, b"x")
+        assert await loop.sock_recv(client, 1) == b"x"
+        server.close()
+        waiter = asyncio.ensure_future(server.wait_closed())
+        await asyncio.sleep(0.01)
+        if sys.version_info >= (3, 12):
+            # 3.12+ waits for the open connection; 3.11 returned at once once closed.
+            assert not waiter.done()
+        client.close()
+        await asyncio.wait_for(waiter, 5)
+
+    run(loop, main())
+
+
+def test_multiple_hosts_and_families(loop):
+    async def main():
+        server = await loop.create_server(Echo, ["127.0.0.1", "::1", "127.0.0.1"], 0)
+        families = sorted(s.family for s in server.sockets)
+        assert families == [socket.AF_INET, socket.AF_INET6]
+        for s in server.sockets:
+            assert await echo_once(loop, s.getsockname(), family=s.family) == b"ping"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_server_argument_errors(loop):
+    sock = socket.socket()
+    try:
+        with pytest.raises(ValueError, match="host/port and sock can not be specified"):
+            run(loop, loop.create_server(Echo, "127.0.0.1", 0, sock=sock))
+        with pytest.raises(ValueError, match="Neither host/port nor sock were specified"):
+            run(loop, loop.create_server(Echo))
+        with pytest.raises(TypeError, match="ssl argument must be an SSLContext or None"):
+            run(loop, loop.create_server(Echo, "127.0.0.1", 0, ssl=True))
+        with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful"):
+            run(loop, loop.create_server(Echo, "127.0.0.1", 0, ssl_handshake_timeout=1))
+    finally:
+        sock.close()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError, match="A Stream Socket was expected"):
+            run(loop, loop.create_server(Echo, sock=udp))
+    finally:
+        udp.close()
+
+
+def test_address_in_use(loop):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(OSError) as info:
+            run(loop, loop.create_server(Echo, *taken.getsockname(), reuse_address=False))
+        assert info.value.errno == errno.EADDRINUSE
+        assert "error while attempting to bind on address" in str(info.value)
+    finally:
+        taken.close()
+
+
+def test_reuse_port(loop):
+    async def main():
+        a = await loop.create_server(Echo, "127.0.0.1", 0, reuse_port=True)
+        port = a.sockets[0].getsockname()[1]
+        b = await loop.create_server(Echo, "127.0.0.1", port, reuse_port=True)
+        for s in (a, b):
+            s.close()
+            await s.wait_closed()
+
+    run(loop, main())
+
+
+def test_unix_server(loop):
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "srv.sock")
+            open(path, "w").close()  # not a socket: left alone, bind fails
+            with pytest.raises(OSError, match="already in use"):
+                await loop.create_unix_server(Echo, path)
+            os.unlink(path)
+            server = await loop.create_unix_server(Echo, path)
+            assert await echo_once(loop, path, family=socket.AF_UNIX) == b"ping"
+            server.close()
+            await server.wait_closed()
+            # A stale socket file from an earlier server is replaced.
+            assert os.path.exists(path)
+            server = await loop.create_unix_server(Echo, path)
+            assert await echo_once(loop, path, family=socket.AF_UNIX) == b"ping"
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
+
+
+class ResourceStarvedSocket(socket.socket):
+    """A listening socket whose first accept() fails as if out of descriptors."""
+
+    fail = 1
+
+    def accept(self):
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_emfile_on_accept_is_logged_and_serving_resumes(loop, monkeypatch):
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.05)
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    async def main():
+        sock = ResourceStarvedSocket()
+        sock.bind(("127.0.0.1", 0))
+        server = await loop.create_server(Echo, sock=sock)
+        addr = sock.getsockname()
+        # The first connection waits in the backlog until accepting resumes.
+        assert await echo_once(loop, addr) == b"ping"
+        assert await echo_once(loop, addr, b"again") == b"again"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert contexts[0]["message"] == "socket.accept() out of system resource"
+    assert contexts[0]["exception"].errno == errno.EMFILE
+
+
+def test_protocol_factory_failure_does_not_stop_the_server(loop):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no protocol for you")
+        return Echo()
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        s = socket.socket()
+        s.setblocking(False)
+        await loop.sock_connect(s, addr)
+        assert await loop.sock_recv(s, 10) == b""  # closed without a protocol
+        s.close()
+        assert await echo_once(loop, addr) == b"ping"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

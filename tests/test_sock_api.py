@@ -1,0 +1,170 @@
+"""The low-level socket methods: data moved intact, asyncio's checks, cancellation that
+leaves no watch behind, and sendfile with its fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import tempfile
+
+import pytest
+from conftest import run
+
+PAYLOAD = bytes(range(256)) * 8192  # 2 MiB
+
+
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def test_sendall_and_recv_move_every_byte(loop):
+    async def main():
+        a, b = pair()
+        with a, b:
+            sender = asyncio.ensure_future(loop.sock_sendall(a, PAYLOAD))
+            got = bytearray()
+            while len(got) < len(PAYLOAD):
+                got += await loop.sock_recv(b, 65536)
+            await sender
+            assert got == PAYLOAD
+            buf = bytearray(10)
+            await loop.sock_sendall(a, b"0123456789")
+            n = 0
+            while n < 10:
+                n += await loop.sock_recv_into(b, memoryview(buf)[n:])
+            assert buf == b"0123456789"
+
+    run(loop, main())
+
+
+def test_accept_and_connect(loop):
+    async def main():
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        with srv, client:
+            (conn, addr), _ = await asyncio.gather(
+                loop.sock_accept(srv), loop.sock_connect(client, srv.getsockname())
+            )
+            with conn:
+                assert conn.gettimeout() == 0
+                assert addr == client.getsockname()
+
+    run(loop, main())
+
+
+def test_connect_refused(loop):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    client = socket.socket()
+    client.setblocking(False)
+    with client, pytest.raises(ConnectionRefusedError):
+        run(loop, loop.sock_connect(client, ("127.0.0.1", port)))
+
+
+def test_blocking_socket_rejected_in_debug_mode(loop):
+    loop.set_debug(True)
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            run(loop, loop.sock_recv(a, 1))
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            run(loop, loop.sock_sendall(a, b"x"))
+
+
+def test_cancelled_recv_removes_its_watch(loop):
+    async def main():
+        a, b = pair()
+        with a, b:
+            task = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not loop.remove_reader(a.fileno())
+            # The socket is usable again.
+            b.send(b"next")
+            assert await loop.sock_recv(a, 10) == b"next"
+
+    run(loop, main())
+
+
+def test_sock_sendfile(loop):
+    async def main():
+        a, b = pair()
+        with a, b, tempfile.TemporaryFile() as f:
+            f.write(PAYLOAD)
+            f.flush()
+            sender = asyncio.ensure_future(loop.sock_sendfile(a, f, 100, 1_000_000))
+            got = bytearray()
+            while len(got) < 1_000_000:
+                got += await loop.sock_recv(b, 65536)
+            assert await sender == 1_000_000
+            assert got == PAYLOAD[100:1_000_100]
+            assert f.tell() == 1_000_100
+
+    run(loop, main())
+
+
+def test_sock_sendfile_falls_back_for_non_files(loop):
+    async def main():
+        a, b = pair()
+        with a, b:
+            f = io.BytesIO(b"not a real file")
+            assert await loop.sock_sendfile(a, f) == 15
+            assert await loop.sock_recv(b, 100) == b"not a real file"
+            with pytest.raises(asyncio.SendfileNotAvailableError):
+                await loop.sock_sendfile(a, io.BytesIO(b"x"), fallback=False)
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [({"offset": -1}, ValueError), ({"count": 0}, ValueError), ({"offset": "1"}, TypeError)],
+)
+def test_sock_sendfile_argument_errors(loop, kwargs, error):
+    a, b = pair()
+    with a, b, tempfile.TemporaryFile() as f:
+        with pytest.raises(error):
+            run(loop, loop.sock_sendfile(a, f, **kwargs))
+
+
+def test_sendfile_over_a_transport(loop):
+    async def main():
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.setblocking(False)
+        with srv, tempfile.TemporaryFile() as f:
+            f.write(PAYLOAD)
+            f.flush()
+            (conn, _), (tr, pr) = await asyncio.gather(
+                loop.sock_accept(srv),
+                loop.create_connection(asyncio.Protocol, *srv.getsockname()),
+            )
+            conn.setblocking(False)
+            with conn:
+                tr.write(b"head")
+
+                async def receive(n):
+                    got = bytearray()
+                    while len(got) < n:
+                        got += await loop.sock_recv(conn, 1 << 20)
+                    return got
+
+                sent, got = await asyncio.gather(
+                    loop.sendfile(tr, f), receive(len(PAYLOAD) + 4)
+                )
+                assert sent == len(PAYLOAD)
+                tr.write(b"tail")  # the transport is usable afterwards
+                got += await receive(4)
+                assert got == b"head" + PAYLOAD + b"tail"
+                tr.close()
+
+    run(loop, main())
