@@ -158,9 +158,7 @@ def test_sendfile_over_a_transport(loop):
                         got += await loop.sock_recv(conn, 1 << 20)
                     return got
 
-                sent, got = await asyncio.gather(
-                    loop.sendfile(tr, f), receive(len(PAYLOAD) + 4)
-                )
+                sent, got = await asyncio.gather(loop.sendfile(tr, f), receive(len(PAYLOAD) + 4))
                 assert sent == len(PAYLOAD)
                 tr.write(b"tail")  # the transport is usable afterwards
                 got += await receive(4)

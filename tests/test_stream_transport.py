@@ -89,9 +89,7 @@ async def tcp_pair(loop, protocol_factory):
     try:
         port = listener.getsockname()[1]
         connect = loop.create_connection(protocol_factory, "127.0.0.1", port)
-        (transport, protocol), (peer, _) = await asyncio.gather(
-            connect, loop.sock_accept(listener)
-        )
+        (transport, protocol), (peer, _) = await asyncio.gather(connect, loop.sock_accept(listener))
     finally:
         listener.close()
     peer.setblocking(False)

@@ -37,8 +37,8 @@ def interleave_addrinfos(addrinfos, first_family_count=1):
     if first_family_count > 1 and lists:
         head = lists[0][: first_family_count - 1]
         lists[0] = lists[0][first_family_count - 1 :]
-    tail = (a for a in itertools.chain.from_iterable(itertools.zip_longest(*lists)) if a is not None)
-    return head + list(tail)
+    rounds = itertools.chain.from_iterable(itertools.zip_longest(*lists))
+    return head + [a for a in rounds if a is not None]
 
 
 def _raise_connect_errors(exceptions_by_attempt, all_errors=False):
@@ -321,9 +321,7 @@ class ConnectionMixin:
         )
         if self.get_debug():
             sock = transport.get_extra_info("socket")
-            logger.debug(
-                "%r connected to %s:%r: (%r, %r)", sock, host, port, transport, protocol
-            )
+            logger.debug("%r connected to %s:%r: (%r, %r)", sock, host, port, transport, protocol)
         return transport, protocol
 
     async def create_unix_connection(

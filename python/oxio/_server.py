@@ -433,9 +433,10 @@ class ServerMixin:
                 try:
                     sock.bind(sa)
                 except OSError as err:
-                    msg = f"error while attempting to bind on address {sa!r}: " + (
-                        err.strerror or ""
-                    ).lower()
+                    msg = (
+                        f"error while attempting to bind on address {sa!r}: "
+                        + (err.strerror or "").lower()
+                    )
                     if err.errno == errno.EADDRNOTAVAIL:
                         # The family is not enabled on this host (bpo-30945).
                         sockets.pop()

@@ -9,7 +9,6 @@ import functools
 import io
 import os
 import socket
-
 from asyncio import constants, exceptions
 
 try:
