@@ -1228,7 +1228,7 @@ impl Loop {
         side: Side,
         callback: &Bound<'_, PyAny>,
         level: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
@@ -1257,7 +1257,7 @@ impl Loop {
             Handle::cancel_bound(old.bind(py));
             release(old);
         }
-        Ok(())
+        Ok(handle.unbind())
     }
 
     /// Removes the `side` watcher of `fd`; true if there was one.

@@ -11,6 +11,8 @@ import os
 import socket
 from asyncio import constants, exceptions
 
+from . import _oxio
+
 try:
     import ssl as _ssl
 except ImportError:  # pragma: no cover - Python built without ssl
@@ -75,48 +77,18 @@ class SocketMixin:
     # -- receiving ------------------------------------------------------------------
 
     async def sock_recv(self, sock, n):
-        self._check_sock(sock)
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_recv_ready, sock, n)
-
-    def _sock_recv_ready(self, fut, sock, n):
-        if fut.done():
-            return
-        try:
-            data = sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(data)
+        # The first attempt and the wait are native (oxio._oxio.sock_recv): the data
+        # comes back at once, or a future to await.
+        result = _oxio.sock_recv(self, sock, n)
+        if result.__class__ is bytes:
+            return result
+        return await result
 
     async def sock_recv_into(self, sock, buf):
-        self._check_sock(sock)
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_recv_into_ready, sock, buf)
-
-    def _sock_recv_into_ready(self, fut, sock, buf):
-        if fut.done():
-            return
-        try:
-            n = sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(n)
+        result = _oxio.sock_recv_into(self, sock, buf)
+        if result.__class__ is int:
+            return result
+        return await result
 
     async def sock_recvfrom(self, sock, bufsize):
         self._check_sock(sock)
@@ -167,34 +139,10 @@ class SocketMixin:
     # -- sending --------------------------------------------------------------------
 
     async def sock_sendall(self, sock, data):
-        self._check_sock(sock)
-        try:
-            n = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        if n == len(data):
-            return
-        fut = self._wait_writable(sock, self._sock_sendall_ready, sock, memoryview(data), [n])
-        return await fut
-
-    def _sock_sendall_ready(self, fut, sock, view, pos):
-        if fut.done():
-            return
-        start = pos[0]
-        try:
-            n = sock.send(view[start:])
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        start += n
-        if start == len(view):
-            fut.set_result(None)
-        else:
-            pos[0] = start
+        result = _oxio.sock_sendall(self, sock, data)
+        if result is None:
+            return None
+        return await result
 
     async def sock_sendto(self, sock, data, address):
         self._check_sock(sock)

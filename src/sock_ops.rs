@@ -1,0 +1,310 @@
+//! The hot half of `sock_recv`, `sock_recv_into` and `sock_sendall`: asyncio's checks,
+//! the first attempt (which needs no exception when the socket would block), and, when
+//! it must wait, a future completed by a descriptor watch.
+//!
+//! The Python methods (`oxio._sockets`) stay coroutines, as asyncio's are; they call
+//! these and await the future only when one comes back.
+
+use std::os::fd::RawFd;
+
+use oxio_core::socket_io;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyBytes;
+
+use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
+use crate::fd_watch::Side;
+use crate::gil_cell::GilCell;
+use crate::handle::Handle;
+
+/// `ssl.SSLSocket`, or `None` without an `ssl` module.
+fn ssl_socket_class(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+    CELL.get_or_init(py, || {
+        py.import("ssl")
+            .and_then(|m| m.getattr("SSLSocket"))
+            .ok()
+            .map(Bound::unbind)
+    })
+    .as_ref()
+    .map(|c| c.bind(py))
+}
+
+/// asyncio's checks: no `ssl.SSLSocket`, and in debug mode a non-blocking socket.
+fn check_sock(lp: &Loop, sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = sock.py();
+    if let Some(cls) = ssl_socket_class(py) {
+        if sock.is_instance(cls)? {
+            return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
+        }
+    }
+    if lp.is_debug() {
+        let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+        if timeout.is_none() || timeout.extract::<f64>()? != 0.0 {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+    }
+    sock.call_method0(intern!(py, "fileno"))?.extract()
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Reads up to `n` bytes into an exactly sized `bytes`.
+fn recv_bytes<'py>(
+    lp: &Loop,
+    py: Python<'py>,
+    fd: RawFd,
+    n: usize,
+) -> std::io::Result<Bound<'py, PyBytes>> {
+    if n <= READ_BUFFER_SIZE {
+        lp.with_read_buf(py, |buf| {
+            socket_io::recv(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]))
+        })
+    } else {
+        let mut buf = vec![0u8; n];
+        socket_io::recv(fd, &mut buf).map(|got| PyBytes::new(py, &buf[..got]))
+    }
+}
+
+/// Reads into a writable, contiguous Python buffer.
+fn recv_into(fd: RawFd, buf: &PyBuffer<u8>) -> std::io::Result<usize> {
+    // SAFETY: the buffer was checked writable and C-contiguous, and `buf` keeps it
+    // exported (neither moved nor freed) for the duration of the call.
+    unsafe { socket_io::recv_raw(fd, buf.buf_ptr() as *mut u8, buf.len_bytes()) }
+}
+
+fn writable_buffer(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let buf = PyBuffer::<u8>::get(obj)?;
+    if buf.readonly() {
+        return Err(PyTypeError::new_err("buffer is read-only"));
+    }
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err("buffer is not contiguous"));
+    }
+    Ok(buf)
+}
+
+/// What a waiting socket operation does when its descriptor is ready.
+enum Op {
+    Recv(usize),
+    RecvInto(PyBuffer<u8>),
+    SendAll { data: PyBuffer<u8>, pos: usize },
+}
+
+/// A socket operation waiting for readiness: the watch's callback and the future's
+/// done callback (which removes the watch when the future is cancelled).
+#[pyclass(frozen, module = "oxio._oxio")]
+pub struct SockWaiter {
+    lp: Py<Loop>,
+    fut: Py<PyAny>,
+    fd: RawFd,
+    side: Side,
+    op: GilCell<Option<Op>>,
+    handle: GilCell<Option<Py<Handle>>>,
+}
+
+impl SockWaiter {
+    fn start<'py>(
+        lp: &Bound<'py, Loop>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        side: Side,
+        op: Op,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = lp.py();
+        lp.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        let fut = lp.call_method0(intern!(py, "create_future"))?;
+        let _ = sock;
+        let waiter = Bound::new(
+            py,
+            SockWaiter {
+                lp: lp.clone().unbind(),
+                fut: fut.clone().unbind(),
+                fd,
+                side,
+                op: GilCell::new(Some(op)),
+                handle: GilCell::new(None),
+            },
+        )?;
+        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), true)?;
+        waiter.get().handle.with(py, |h| *h = Some(handle));
+        fut.call_method1(
+            intern!(py, "add_done_callback"),
+            (waiter.getattr(intern!(py, "_done"))?,),
+        )?;
+        Ok(fut)
+    }
+
+    /// Tries the operation; `Some(result)` when finished (successfully or not).
+    fn attempt<'py>(&self, py: Python<'py>) -> Option<PyResult<Bound<'py, PyAny>>> {
+        let lp = self.lp.get();
+        let outcome = self
+            .op
+            .with(py, |op| -> Option<PyResult<Bound<'py, PyAny>>> {
+                match op.as_mut()? {
+                    Op::Recv(n) => match recv_bytes(lp, py, self.fd, *n) {
+                        Ok(b) => Some(Ok(b.into_any())),
+                        Err(e) if would_block(&e) => None,
+                        Err(e) => Some(Err(os_error(e))),
+                    },
+                    Op::RecvInto(buf) => match recv_into(self.fd, buf) {
+                        Ok(n) => Some(
+                            n.into_pyobject(py)
+                                .map(|n| n.into_any())
+                                .map_err(Into::into),
+                        ),
+                        Err(e) if would_block(&e) => None,
+                        Err(e) => Some(Err(os_error(e))),
+                    },
+                    Op::SendAll { data, pos } => {
+                        // SAFETY: `data` keeps the buffer exported, so the region stays
+                        // valid and unchanged in size for the call.
+                        let bytes = unsafe {
+                            std::slice::from_raw_parts(
+                                data.buf_ptr() as *const u8,
+                                data.len_bytes(),
+                            )
+                        };
+                        match socket_io::send(self.fd, &bytes[*pos..]) {
+                            Ok(n) => {
+                                *pos += n;
+                                (*pos == bytes.len()).then(|| Ok(py.None().into_bound(py)))
+                            }
+                            Err(e) if would_block(&e) => None,
+                            Err(e) => Some(Err(os_error(e))),
+                        }
+                    }
+                }
+            });
+        if outcome.is_some() {
+            let op = self.op.with(py, |op| op.take());
+            drop(op);
+        }
+        outcome
+    }
+
+    fn unwatch(&self, py: Python<'_>) {
+        let handle = self.handle.with(py, |h| h.take());
+        if let Some(h) = handle {
+            // A cancelled handle was replaced by someone else's watch: leave theirs.
+            if !h.get().is_cancelled() {
+                self.lp.get().unwatch_internal(py, self.fd, self.side);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl SockWaiter {
+    /// The watch fired.
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let fut = self.fut.bind(py);
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match self.attempt(py) {
+            None => Ok(()),
+            Some(Ok(v)) => fut.call_method1(intern!(py, "set_result"), (v,)).map(drop),
+            Some(Err(e)) => fut
+                .call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+                .map(drop),
+        }
+    }
+
+    /// The future is done (or cancelled): stop watching.
+    fn _done(&self, py: Python<'_>, _fut: &Bound<'_, PyAny>) {
+        self.unwatch(py);
+        let op = self.op.with(py, |op| op.take());
+        drop(op);
+    }
+}
+
+/// `sock_recv`'s first attempt: the data, or a future for it.
+#[pyfunction]
+pub fn sock_recv<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let fd = check_sock(lp.get(), sock)?;
+    let n: isize = n.extract()?;
+    if n < 0 {
+        return Err(PyValueError::new_err("negative buffersize in recv"));
+    }
+    let n = n as usize;
+    match recv_bytes(lp.get(), py, fd, n) {
+        Ok(b) => Ok(b.into_any()),
+        Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, Side::Read, Op::Recv(n)),
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+/// `sock_recv_into`'s first attempt: the byte count, or a future for it.
+#[pyfunction]
+pub fn sock_recv_into<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    buf: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let fd = check_sock(lp.get(), sock)?;
+    let buffer = writable_buffer(buf)?;
+    match recv_into(fd, &buffer) {
+        Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
+        Err(e) if would_block(&e) => {
+            SockWaiter::start(lp, sock, fd, Side::Read, Op::RecvInto(buffer))
+        }
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+/// `sock_sendall`'s first attempt: `None` when everything went, or a future.
+#[pyfunction]
+pub fn sock_sendall<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let fd = check_sock(lp.get(), sock)?;
+    let buffer = PyBuffer::<u8>::get(data)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("data is not contiguous"));
+    }
+    // SAFETY: `buffer` keeps the region exported for the call.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    let sent = match socket_io::send(fd, bytes) {
+        Ok(n) => n,
+        Err(e) if would_block(&e) => 0,
+        Err(e) => return Err(os_error(e)),
+    };
+    if sent == bytes.len() {
+        return Ok(py.None().into_bound(py));
+    }
+    SockWaiter::start(
+        lp,
+        sock,
+        fd,
+        Side::Write,
+        Op::SendAll {
+            data: buffer,
+            pos: sent,
+        },
+    )
+}
+
+/// Registers the socket operations on the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SockWaiter>()?;
+    m.add_function(wrap_pyfunction!(sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_recv_into, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_sendall, m)?)?;
+    Ok(())
+}
