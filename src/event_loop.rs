@@ -1305,6 +1305,19 @@ impl Loop {
         Ok(())
     }
 
+    /// Forgets every watch of `fd` (parked or not) before its owner closes it.
+    pub(crate) fn forget_fd(&self, py: Python<'_>, fd: RawFd) {
+        let (handles, watching) = self.watches.with(py, |w| match w {
+            Some(w) => (w.forget(fd), !w.is_empty()),
+            None => (Vec::new(), false),
+        });
+        self.watching.store(watching, Ordering::Relaxed);
+        for h in handles {
+            Handle::cancel_bound(h.bind(py));
+            release(h);
+        }
+    }
+
     /// Asks the next poll to report `fd` again if it is still ready.
     pub(crate) fn request_rearm(&self, py: Python<'_>, fd: RawFd) {
         self.watches.with(py, |w| {

@@ -43,7 +43,13 @@ pub enum Side {
 /// can cancel and drop them outside the loop's borrowed state.
 pub struct FdWatches {
     registrar: Registrar,
+    /// Watched descriptors, and parked ones: edge-triggered registrations left in the
+    /// kernel after their last watcher went, so that watching them again costs one
+    /// `epoll_ctl` instead of two (a socket method waits on the same descriptor over
+    /// and over). A parked descriptor's events find no watcher and are ignored.
     watches: HashMap<RawFd, Watch>,
+    /// How many entries of `watches` have a watcher (are not parked).
+    active: usize,
     fired: Vec<RawFd>,
 }
 
@@ -52,6 +58,7 @@ impl FdWatches {
         Self {
             registrar,
             watches: HashMap::new(),
+            active: 0,
             fired: Vec::new(),
         }
     }
@@ -60,7 +67,7 @@ impl FdWatches {
     /// it has callbacks ready).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.watches.is_empty()
+        self.active == 0
     }
 
     /// Installs `handle` as the `side` callback of `fd`, returning the one it replaces.
@@ -77,6 +84,7 @@ impl FdWatches {
         let token = fd as usize;
         match self.watches.get_mut(&fd) {
             Some(watch) => {
+                let was_parked = watch.reader.is_none() && watch.writer.is_none();
                 watch.level = level;
                 let mut interest = watch.interest();
                 match side {
@@ -90,6 +98,9 @@ impl FdWatches {
                         return Err(e);
                     }
                     self.registrar.register(fd, token, interest)?;
+                }
+                if was_parked {
+                    self.active += 1;
                 }
                 Ok(match side {
                     Side::Read => watch.reader.replace(handle),
@@ -108,6 +119,7 @@ impl FdWatches {
                 }
                 self.registrar.register(fd, token, watch.interest())?;
                 self.watches.insert(fd, watch);
+                self.active += 1;
                 Ok(None)
             }
         }
@@ -120,15 +132,35 @@ impl FdWatches {
             Side::Read => watch.reader.take(),
             Side::Write => watch.writer.take(),
         };
+        removed.as_ref()?;
         let interest = watch.interest();
         if !interest.readable && !interest.writable {
-            self.watches.remove(&fd);
-            // A descriptor closed before its watch was removed has already left epoll.
-            let _ = self.registrar.deregister(fd);
-        } else if removed.is_some() {
+            self.active -= 1;
+            if watch.level {
+                self.watches.remove(&fd);
+                // A descriptor closed before its watch was removed has already left
+                // epoll.
+                let _ = self.registrar.deregister(fd);
+            }
+            // An edge-triggered registration is parked: see `watches`.
+        } else {
             let _ = self.registrar.reregister(fd, fd as usize, interest);
         }
         removed
+    }
+
+    /// Drops `fd`'s entry, parked or not, and its registration: for the owner of a
+    /// descriptor that is about to close it.
+    pub fn forget(&mut self, fd: RawFd) -> Vec<Py<Handle>> {
+        let Some(w) = self.watches.remove(&fd) else {
+            return Vec::new();
+        };
+        let _ = self.registrar.deregister(fd);
+        let handles: Vec<_> = w.reader.into_iter().chain(w.writer).collect();
+        if !handles.is_empty() {
+            self.active -= 1;
+        }
+        handles
     }
 
     /// Queues the handles an event makes ready; cancelled ones are left out.
@@ -174,6 +206,9 @@ impl FdWatches {
     pub fn rearm_fired(&mut self) {
         for fd in self.fired.drain(..) {
             if let Some(w) = self.watches.get(&fd) {
+                if w.reader.is_none() && w.writer.is_none() {
+                    continue; // parked
+                }
                 let _ = self.registrar.rearm(fd, fd as usize, w.interest());
             }
         }
@@ -182,6 +217,7 @@ impl FdWatches {
     /// Removes every watch, handing the handles back.
     pub fn take_all(&mut self) -> Vec<Py<Handle>> {
         let mut out = Vec::new();
+        self.active = 0;
         for (fd, w) in self.watches.drain() {
             let _ = self.registrar.deregister(fd);
             out.extend(w.reader);

@@ -131,7 +131,9 @@ impl SockWaiter {
                 handle: GilCell::new(None),
             },
         )?;
-        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), true)?;
+        // Edge-triggered: the operation was just tried and would block, so the next
+        // edge is the one to wait for; and its registration is parked afterwards.
+        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), false)?;
         waiter.get().handle.with(py, |h| *h = Some(handle));
         fut.call_method1(
             intern!(py, "add_done_callback"),

@@ -175,7 +175,7 @@ def test_unimplemented_methods_raise_not_implemented():
     try:
         with pytest.raises(NotImplementedError):
             loop.add_signal_handler(2, print)
-        coro = loop.create_connection(asyncio.Protocol, "127.0.0.1", 1)
+        coro = loop.create_datagram_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", 1))
         with pytest.raises(NotImplementedError):
             loop.run_until_complete(coro)
     finally:

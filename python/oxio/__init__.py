@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 from . import _oxio
 from ._connections import ConnectionMixin
 from ._resolve import ResolverMixin
-from ._server import Server, ServerMixin
+from ._server import ServerMixin
 from ._sockets import SocketMixin
 
-__all__ = ["Loop", "Server", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
+__all__ = ["Loop", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
 
 __version__: str = _oxio.__version__
 

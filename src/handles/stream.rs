@@ -530,7 +530,7 @@ impl StreamTransport {
         }
         Err(PyTypeError::new_err(format!(
             "data argument must be a bytes-like object, not '{}'",
-            data.get_type().name()?.to_string()
+            data.get_type().name()?
         )))
     }
 
@@ -691,6 +691,7 @@ impl StreamTransport {
         let sock = self.st.with(py, |s| s.sock.take());
         if let Some(sock) = sock {
             self.lp.get().forget_transport(py, self.fd);
+            self.lp.get().forget_fd(py, self.fd);
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         Ok(())

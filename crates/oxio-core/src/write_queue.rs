@@ -175,7 +175,7 @@ mod tests {
             q.write_to(a.as_raw_fd(), &mut released).unwrap(),
             Flushed::Partial
         );
-        assert!(q.len() > 0 && q.len() < total.len());
+        assert!(!q.is_empty() && q.len() < total.len());
         let mut got = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         while got.len() < total.len() {
