@@ -16,6 +16,7 @@ mod handle;
 mod handle_alloc;
 mod handles;
 mod py_refs;
+mod resolve;
 mod sock_ops;
 
 use pyo3::prelude::*;
@@ -25,6 +26,7 @@ use pyo3::prelude::*;
 fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     event_loop::register(m)?;
+    resolve::register(m)?;
     handles::stream::register(m)?;
     sock_ops::register(m)?;
     m.add_class::<handle::Handle>()?;

@@ -4,8 +4,9 @@ engine object behind them.
 
 A Rust class cannot subclass ``asyncio.Transport`` (its ``__slots__`` give it an instance
 layout of its own), so each transport is a small Python object in front of a Rust one.
-The engine's bound methods are stored on the instance, so calling ``transport.write``
-costs exactly what calling the Rust method directly would.
+The first use of a method stores the engine's bound method on the instance, so from then
+on calling ``transport.write`` costs exactly what calling the Rust method directly would,
+and a connection pays only for the methods it uses.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ _STREAM_METHODS = (
 )
 
 
+class _Forward:
+    """A method taken from the engine on first use and cached on the instance (a
+    non-data descriptor: once the instance has the attribute, it wins)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        method = getattr(obj._core, self.name)
+        obj.__dict__[self.name] = method
+        return method
+
+
 class SocketTransport(asyncio.Transport):
     """A connected TCP or Unix stream socket (asyncio's ``_SelectorSocketTransport``)."""
 
@@ -44,9 +62,6 @@ class SocketTransport(asyncio.Transport):
     def __init__(self, core):
         # asyncio.BaseTransport.__init__ is not called: the engine keeps the extra info.
         self._core = core
-        d = self.__dict__
-        for name in _STREAM_METHODS:
-            d[name] = getattr(core, name)
 
     @property
     def _extra(self):
@@ -88,3 +103,8 @@ class SocketTransport(asyncio.Transport):
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
+
+
+for _name in _STREAM_METHODS:
+    setattr(SocketTransport, _name, _Forward(_name))
+del _name

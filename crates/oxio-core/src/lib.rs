@@ -2,6 +2,7 @@
 //! be reasoned about without Python.
 //!
 //! The pieces are small and independent, as libuv's are to uvloop:
+//! - [`addr`]: address literals, so that `getaddrinfo` of a numeric host needs no libc;
 //! - [`clock`]: the loop's monotonic clock (the clock `time.monotonic()` reads);
 //! - [`TimerHeap`]: delayed calls ordered by (when, sequence) with O(1) cancellation;
 //! - [`ReadyQueue`]: the callbacks that run in the next iteration;
@@ -12,6 +13,7 @@
 //! - [`EventLoop`]: a pure-Rust loop assembled from the above, used by the examples and
 //!   the tests, and the reference for how the Python binding drives the same parts.
 
+pub mod addr;
 pub mod clock;
 pub mod event_loop;
 pub mod poller;
