@@ -28,6 +28,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::register(m)?;
     resolve::register(m)?;
     handles::stream::register(m)?;
+    handles::accept::register(m)?;
     sock_ops::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;

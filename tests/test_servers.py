@@ -245,3 +245,45 @@ def test_protocol_factory_failure_does_not_stop_the_server(loop):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_real_emfile_on_accept(loop, monkeypatch):
+    # The process really runs out of descriptors while connections wait to be
+    # accepted: the loop reports it, stops accepting for a moment, and carries on once
+    # descriptors are available again. Nothing is lost: every client is served.
+    import resource
+
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.05)
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        clients = [socket.socket() for _ in range(8)]
+        try:
+            for c in clients:
+                c.setblocking(False)
+            open_now = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 2, hard))
+            try:
+                for c in clients:
+                    await loop.sock_connect(c, addr)
+                while not contexts:
+                    await asyncio.sleep(0.01)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for c in clients:
+                await loop.sock_sendall(c, b"hello")
+            for c in clients:
+                assert await asyncio.wait_for(loop.sock_recv(c, 5), 5) == b"hello"
+        finally:
+            for c in clients:
+                c.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert contexts[0]["message"] == "socket.accept() out of system resource"
+    assert contexts[0]["exception"].errno == errno.EMFILE

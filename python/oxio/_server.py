@@ -13,6 +13,7 @@ import sys
 from asyncio import base_events, constants, events, exceptions, tasks, trsock
 from asyncio.log import logger
 
+from . import _oxio
 from ._sockets import check_ssl_socket
 
 #: Errors that mean "out of descriptors or memory": asyncio logs them, stops accepting
@@ -182,9 +183,7 @@ class ServerMixin:
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        self._add_reader(
-            sock.fileno(),
-            self._accept_connection,
+        args = (
             protocol_factory,
             sock,
             sslcontext,
@@ -193,6 +192,13 @@ class ServerMixin:
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
         )
+        if sslcontext is None and type(sock) is socket.socket:
+            # Plain connections on a plain socket: accepted natively. A socket subclass
+            # may override accept(), so it keeps the Python path that calls it.
+            callback = _oxio.Acceptor(self, sock, protocol_factory, server, backlog, args)
+            self._add_reader(sock.fileno(), callback)
+        else:
+            self._add_reader(sock.fileno(), self._accept_connection, *args)
 
     def _stop_serving(self, sock):
         self._remove_reader(sock.fileno())
@@ -218,19 +224,8 @@ class ServerMixin:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                if exc.errno not in _RESOURCE_ERRORS:
-                    raise  # The loop logs it and carries on.
-                self.call_exception_handler(
-                    {
-                        "message": "socket.accept() out of system resource",
-                        "exception": exc,
-                        "socket": trsock.TransportSocket(sock),
-                    }
-                )
-                self._remove_reader(sock.fileno())
-                self.call_later(
-                    constants.ACCEPT_RETRY_DELAY,
-                    self._resume_accepting,
+                self._accept_failed(
+                    exc,
                     protocol_factory,
                     sock,
                     sslcontext,
@@ -255,6 +250,23 @@ class ServerMixin:
                 )
             else:
                 self._accept_plain_connection(protocol_factory, conn, extra, server)
+
+    def _accept_failed(self, exc, protocol_factory, sock, *args):
+        """accept() failed: out of descriptors or memory, stop accepting for a while;
+        anything else is the loop's to report."""
+        if exc.errno not in _RESOURCE_ERRORS:
+            raise exc
+        self.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": exc,
+                "socket": trsock.TransportSocket(sock),
+            }
+        )
+        self._remove_reader(sock.fileno())
+        self.call_later(
+            constants.ACCEPT_RETRY_DELAY, self._resume_accepting, protocol_factory, sock, *args
+        )
 
     def _resume_accepting(self, protocol_factory, sock, *args):
         server = args[1]

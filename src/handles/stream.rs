@@ -143,9 +143,16 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
+/// asyncio's `_set_nodelay` condition: an IP stream socket whose protocol is TCP (a
+/// socket made with protocol 0 keeps Nagle's algorithm, as in asyncio).
 fn is_tcp(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let family: i32 = sock.getattr(intern!(sock.py(), "family"))?.extract()?;
-    Ok(family == libc::AF_INET || family == libc::AF_INET6)
+    let py = sock.py();
+    let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
+    let kind: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
+    let proto: i32 = sock.getattr(intern!(py, "proto"))?.extract()?;
+    Ok((family == libc::AF_INET || family == libc::AF_INET6)
+        && kind == libc::SOCK_STREAM
+        && proto == libc::IPPROTO_TCP)
 }
 
 /// Creates the transport for `sock` (connected, non-blocking) and schedules, as asyncio
