@@ -18,6 +18,7 @@ mod handles;
 mod py_refs;
 mod resolve;
 mod sock_ops;
+mod sockaddr;
 
 use pyo3::prelude::*;
 

@@ -9,12 +9,13 @@ use std::os::fd::RawFd;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors;
 use crate::event_loop::{os_error, Loop};
-use crate::handles::stream::make_stream_transport;
+use crate::handles::stream::start_stream_transport;
 use crate::py_refs;
+use crate::sockaddr::sockaddr_to_py;
 
 fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -22,60 +23,6 @@ fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         py.import("socket")?.getattr("socket").map(Bound::unbind)
     })
     .map(|v| v.bind(py))
-}
-
-/// The Python form of a socket address, as `socket.getpeername()` gives it; `None` for a
-/// family this does not know (the caller then asks the socket).
-fn sockaddr_to_py<'py>(
-    py: Python<'py>,
-    addr: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let len = len as usize;
-    match addr.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the kernel filled a sockaddr_in for AF_INET; the storage is
-            // large enough and suitably aligned for any socket address.
-            let sin = unsafe { &*(addr as *const _ as *const libc::sockaddr_in) };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            let port = u16::from_be(sin.sin_port);
-            Ok(Some((ip.to_string(), port).into_pyobject(py)?.into_any()))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, a sockaddr_in6 for AF_INET6.
-            let sin6 = unsafe { &*(addr as *const _ as *const libc::sockaddr_in6) };
-            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            if ip.to_ipv4().is_some() && ip.to_ipv4_mapped().is_none() {
-                // IPv4-compatible (::a.b.c.d): leave the spelling to libc's inet_ntop.
-                return Ok(None);
-            }
-            let port = u16::from_be(sin6.sin6_port);
-            let flow = u32::from_be(sin6.sin6_flowinfo);
-            Ok(Some(
-                (ip.to_string(), port, flow, sin6.sin6_scope_id)
-                    .into_pyobject(py)?
-                    .into_any(),
-            ))
-        }
-        libc::AF_UNIX => {
-            // SAFETY: as above, a sockaddr_un for AF_UNIX.
-            let sun = unsafe { &*(addr as *const _ as *const libc::sockaddr_un) };
-            let offset = std::mem::size_of::<libc::sa_family_t>();
-            let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
-            let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-            if path.is_empty() {
-                return Ok(Some(PyString::new(py, "").into_any()));
-            }
-            if path[0] == 0 {
-                // Linux's abstract namespace: bytes, as Python gives them.
-                return Ok(Some(PyBytes::new(py, &path).into_any()));
-            }
-            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-            let os = py.import("os")?;
-            Ok(Some(os.call_method1("fsdecode", (PyBytes::new(py, &path[..end]),))?))
-        }
-        _ => Ok(None),
-    }
 }
 
 /// Accepts connections for one listening socket of a server. See the module docs.
@@ -140,7 +87,13 @@ impl Acceptor {
         }
     }
 
-    fn start_connection(&self, py: Python<'_>, conn: Py<PyAny>, peer: Bound<'_, PyAny>) -> PyResult<()> {
+    fn start_connection(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        conn: Py<PyAny>,
+        peer: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let lp = self.lp.bind(py);
         let conn = conn.bind(py);
         if lp.get().is_debug() {
@@ -172,7 +125,10 @@ impl Acceptor {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), peer)?;
         let server = self.server.as_ref().map(|s| s.bind(py));
-        make_stream_transport(lp, conn, &protocol, None, Some(&extra), server)?;
+        let tcp = (self.family == libc::AF_INET || self.family == libc::AF_INET6)
+            && self.sock_type == libc::SOCK_STREAM
+            && self.proto == libc::IPPROTO_TCP;
+        start_stream_transport(lp, conn, fd, tcp, &protocol, None, Some(&extra), server)?;
         Ok(())
     }
 }
@@ -226,7 +182,7 @@ impl Acceptor {
                     .call_method0(intern!(py, "getpeername"))
                     .unwrap_or_else(|_| py.None().into_bound(py)),
             };
-            self.start_connection(py, conn, peer)?;
+            self.start_connection(py, fd, conn, peer)?;
         }
         Ok(())
     }

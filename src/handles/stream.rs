@@ -25,6 +25,7 @@ use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
 use crate::py_refs;
+use crate::sockaddr::{self, RawAddr};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -87,6 +88,11 @@ struct State {
     flush_queued: bool,
     empty_waiter: Option<Py<PyAny>>,
     released: Vec<Chunk>,
+    /// The socket object after it was closed, for `get_extra_info("socket")`.
+    closed_sock: Option<Py<PyAny>>,
+    /// The socket's addresses, taken as it closed if nobody had asked for them yet, so
+    /// that `get_extra_info` still answers afterwards, as asyncio's does.
+    addr_snapshot: Option<Box<[Option<RawAddr>; 2]>>,
 }
 
 /// A connected stream socket's transport. See the module documentation.
@@ -102,6 +108,16 @@ fn proxy_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     CELL.get_or_try_init(py, || {
         py.import("oxio._transports")?
             .getattr("SocketTransport")
+            .map(Bound::unbind)
+    })
+    .map(|v| v.bind(py))
+}
+
+fn transport_socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        py.import("asyncio.trsock")?
+            .getattr("TransportSocket")
             .map(Bound::unbind)
     })
     .map(|v| v.bind(py))
@@ -171,7 +187,24 @@ pub fn make_stream_transport<'py>(
     let py = lp.py();
     lp.get().check_closed()?;
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-    if is_tcp(sock)? {
+    start_stream_transport(lp, sock, fd, is_tcp(sock)?, protocol, waiter, extra, server)
+}
+
+/// [`make_stream_transport`] for a caller that knows the socket's descriptor and
+/// whether it is TCP (the acceptor does, without asking the socket object).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_stream_transport<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    tcp: bool,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    if tcp {
         set_nodelay(fd);
     }
     let buffered = protocol.is_instance(buffered_protocol_class(py)?)?;
@@ -201,6 +234,8 @@ pub fn make_stream_transport<'py>(
                 flush_queued: false,
                 empty_waiter: None,
                 released: Vec::new(),
+                closed_sock: None,
+                addr_snapshot: None,
             }),
         },
     )?;
@@ -695,7 +730,34 @@ impl StreamTransport {
     }
 
     fn close_socket(&self, py: Python<'_>) -> PyResult<()> {
-        let sock = self.st.with(py, |s| s.sock.take());
+        let need = self.st.with(py, |s| match &s.extra {
+            Some(e) => {
+                let e = e.bind(py);
+                if e.contains(intern!(py, "socket")).unwrap_or(false) {
+                    [false, false]
+                } else {
+                    [
+                        !e.contains(intern!(py, "sockname")).unwrap_or(false),
+                        !e.contains(intern!(py, "peername")).unwrap_or(false),
+                    ]
+                }
+            }
+            None => [true, true],
+        });
+        let snapshot = [
+            need[0].then(|| sockaddr::query(self.fd, false)).flatten(),
+            need[1].then(|| sockaddr::query(self.fd, true)).flatten(),
+        ];
+        let sock = self.st.with(py, |s| {
+            let sock = s.sock.take();
+            if let Some(sock) = &sock {
+                s.closed_sock = Some(sock.clone_ref(py));
+                if need[0] || need[1] {
+                    s.addr_snapshot = Some(Box::new(snapshot));
+                }
+            }
+            sock
+        });
         if let Some(sock) = sock {
             self.lp.get().forget_transport(py, self.fd);
             self.lp.get().forget_fd(py, self.fd);
@@ -1024,6 +1086,7 @@ impl StreamTransport {
             visit.call(s.server.as_ref())?;
             visit.call(s.empty_waiter.as_ref())?;
             visit.call(s.extra.as_ref())?;
+            visit.call(s.closed_sock.as_ref())?;
             Ok(())
         }) {
             visited?;
@@ -1042,39 +1105,44 @@ impl StreamTransport {
 
 impl StreamTransport {
     fn extra(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
-        if let Some(e) = self
-            .st
-            .with(py, |s| s.extra.as_ref().map(|e| e.clone_ref(py)))
-        {
+        let (given, sock, snapshot) = self.st.with(py, |s| {
+            (
+                s.extra.as_ref().map(|e| e.clone_ref(py)),
+                s.sock
+                    .as_ref()
+                    .or(s.closed_sock.as_ref())
+                    .map(|p| p.clone_ref(py)),
+                s.addr_snapshot.as_deref().copied(),
+            )
+        });
+        if let Some(e) = &given {
             if e.bind(py).contains(intern!(py, "socket"))? {
-                return Ok(e);
+                return Ok(e.clone_ref(py));
             }
         }
         // Built on first use: most connections never ask.
-        let sock = self
-            .st
-            .with(py, |s| s.sock.as_ref().map(|p| p.clone_ref(py)));
-        let given = self
-            .st
-            .with(py, |s| s.extra.as_ref().map(|e| e.clone_ref(py)));
         let extra = match given {
             Some(e) => e.bind(py).copy()?,
             None => PyDict::new(py),
         };
+        let open = self.st.with(py, |s| s.sock.is_some());
+        for (i, key) in ["sockname", "peername"].into_iter().enumerate() {
+            if extra.contains(key)? {
+                continue;
+            }
+            let raw = if open {
+                sockaddr::query(self.fd, i == 1)
+            } else {
+                snapshot.and_then(|snap| snap[i])
+            };
+            let value = match raw {
+                Some(raw) => raw.to_py(py)?,
+                None => None,
+            };
+            extra.set_item(key, value)?;
+        }
         if let Some(sock) = sock {
-            let sock = sock.bind(py);
-            extra.set_item(
-                "socket",
-                py.import("asyncio.trsock")?
-                    .getattr("TransportSocket")?
-                    .call1((sock,))?,
-            )?;
-            if !extra.contains("sockname")? {
-                extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
-            }
-            if !extra.contains("peername")? {
-                extra.set_item("peername", sock.call_method0("getpeername").ok())?;
-            }
+            extra.set_item("socket", transport_socket_class(py)?.call1((sock,))?)?;
         }
         let extra = extra.unbind();
         let old = self.st.with(py, |s| s.extra.replace(extra.clone_ref(py)));
@@ -1087,8 +1155,6 @@ impl StreamTransport {
     fn call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // Make sure the extra info (peername above all) outlives the socket.
-        let _ = this.extra(py);
         let protocol = this.protocol(py);
         let result = match protocol {
             Some(p) => p
