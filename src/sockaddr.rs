@@ -22,7 +22,7 @@ impl RawAddr {
     }
 
     /// The Python form, or `None` for a family not known here.
-    pub(crate) fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    pub(crate) fn to_py<'py>(self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         sockaddr_to_py(py, &self.storage, self.len)
     }
 }

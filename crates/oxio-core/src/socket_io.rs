@@ -71,9 +71,29 @@ pub fn writev_fd(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
-/// `send(2)` of one buffer without `SIGPIPE`.
+/// `send(2)` of one buffer without `SIGPIPE` (`write(2)` for a descriptor that is not a
+/// socket). `EINTR` is retried.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    writev(fd, &[IoSlice::new(buf)])
+    let mut socket = true;
+    loop {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+        let n = unsafe {
+            if socket {
+                libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+            } else {
+                libc::write(fd, buf.as_ptr().cast(), buf.len())
+            }
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOTSOCK) if socket => socket = false,
+            _ => return Err(e),
+        }
+    }
 }
 
 /// Copies up to `count` bytes from `in_fd` at `*offset` to the socket `out_fd` in the

@@ -90,22 +90,37 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
     /// left as it was after the last successful write.
     pub fn write_to(&mut self, fd: RawFd, released: &mut Vec<B>) -> io::Result<Flushed> {
         while self.len > 0 {
-            let n = {
+            let (n, asked) = {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
+                let mut asked = 0;
                 for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                     let bytes = chunk.as_ref();
-                    slices[i] = IoSlice::new(if i == 0 { &bytes[self.offset..] } else { bytes });
+                    let bytes = if i == 0 { &bytes[self.offset..] } else { bytes };
+                    asked += bytes.len();
+                    slices[i] = IoSlice::new(bytes);
                     count += 1;
                 }
-                match crate::socket_io::writev(fd, &slices[..count]) {
-                    Ok(n) => n,
+                let written = if count == 1 {
+                    crate::socket_io::send(fd, &slices[0])
+                } else {
+                    crate::socket_io::writev(fd, &slices[..count])
+                };
+                match written {
+                    Ok(n) => (n, asked),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Flushed::Partial)
+                    }
                     Err(e) => return Err(e),
                 }
             };
             self.consume(n, released);
+            if n < asked {
+                // A short write on a non-blocking stream: the kernel's buffer is full,
+                // and asking again would only return EAGAIN.
+                return Ok(if self.len == 0 { Flushed::All } else { Flushed::Partial });
+            }
         }
         Ok(Flushed::All)
     }
