@@ -109,9 +109,7 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
                 match written {
                     Ok(n) => (n, asked),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Flushed::Partial)
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial),
                     Err(e) => return Err(e),
                 }
             };
@@ -119,7 +117,11 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
             if n < asked {
                 // A short write on a non-blocking stream: the kernel's buffer is full,
                 // and asking again would only return EAGAIN.
-                return Ok(if self.len == 0 { Flushed::All } else { Flushed::Partial });
+                return Ok(if self.len == 0 {
+                    Flushed::All
+                } else {
+                    Flushed::Partial
+                });
             }
         }
         Ok(Flushed::All)
