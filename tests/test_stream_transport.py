@@ -491,3 +491,34 @@ def test_data_written_by_resume_writing_is_sent(loop):
         peer.close()
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_close_with_data_queued_then_more_written(loop, kind):
+    # asyncio accepts writes after close() until the connection is lost; they are sent
+    # before the socket closes, whichever kind of buffer they come in.
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.write(PAYLOAD * 3)
+        tr.close()
+        tr.write(kind(b"after close"))
+        got = await recv_until_eof(loop, peer)
+        assert got == PAYLOAD * 3 + b"after close"
+        await pr.lost
+        peer.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_write_eof_after_mutable_write(loop, kind):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.write(kind(PAYLOAD))
+        tr.write_eof()
+        assert await recv_until_eof(loop, peer) == PAYLOAD
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())

@@ -65,6 +65,15 @@ impl AsRef<[u8]> for Chunk {
     }
 }
 
+/// What `write()` was given.
+enum Incoming {
+    Bytes(Py<PyBytes>),
+    /// Mutable data, written (or copied) before `write()` returns.
+    Mutable(PyBuffer<u8>),
+    /// Already a private copy (a non-contiguous view).
+    Copied(Box<[u8]>),
+}
+
 /// Mutable state, borrowed only between calls into Python.
 struct State {
     /// The socket object; `None` once the connection is lost and the socket closed.
@@ -80,6 +89,8 @@ struct State {
     low: usize,
     closing: bool,
     eof: bool,
+    /// The write side was shut down (after `write_eof()` and the flush).
+    eof_sent: bool,
     conn_lost: u32,
     paused: bool,
     protocol_paused: bool,
@@ -226,6 +237,7 @@ pub(crate) fn start_stream_transport<'py>(
                 low: DEFAULT_HIGH_WATER / 4,
                 closing: false,
                 eof: false,
+                eof_sent: false,
                 conn_lost: 0,
                 paused: false,
                 protocol_paused: false,
@@ -272,9 +284,19 @@ impl StreamTransport {
             .with(py, |s| s.protocol.as_ref().map(|p| p.bind(py).clone()))
     }
 
+    /// Releases written chunks outside the state borrow (a release may run Python
+    /// code), keeping the vector's capacity: steady state allocates nothing.
     fn drop_released(&self, py: Python<'_>) {
-        let released = self.st.with(py, |s| std::mem::take(&mut s.released));
-        drop(released);
+        let mut released = self.st.with(py, |s| std::mem::take(&mut s.released));
+        if released.capacity() == 0 {
+            return;
+        }
+        released.clear();
+        self.st.with(py, |s| {
+            if s.released.capacity() == 0 {
+                s.released = released;
+            }
+        });
     }
 
     fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -445,8 +467,12 @@ impl StreamTransport {
         let this = slf.get();
         let outcome = this.st.with(py, |s| {
             s.flush_queued = false;
-            if s.conn_lost > 0 || s.queue.is_empty() {
+            if s.conn_lost > 0 {
                 return None;
+            }
+            if s.queue.is_empty() {
+                // Sent already (by a direct write): only the completion is left.
+                return Some(Ok(Flushed::All));
             }
             let mut released = std::mem::take(&mut s.released);
             let r = s.queue.write_to(this.fd, &mut released);
@@ -499,7 +525,9 @@ impl StreamTransport {
                     if lost_now {
                         s.conn_lost += 1;
                     }
-                    Some((s.empty_waiter.take(), lost_now, s.eof && !s.closing))
+                    let shut_write = s.eof && !s.eof_sent && !s.closing;
+                    s.eof_sent |= shut_write;
+                    Some((s.empty_waiter.take(), lost_now, shut_write))
                 });
                 let Some((waiter, lost_now, shut_write)) = done else {
                     return Ok(());
@@ -562,13 +590,16 @@ impl StreamTransport {
         Ok(true)
     }
 
-    fn to_chunk(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+    fn to_incoming(data: &Bound<'_, PyAny>) -> PyResult<Incoming> {
         if let Ok(b) = data.cast::<PyBytes>() {
-            return Ok(Chunk::Bytes(b.clone().unbind()));
+            return Ok(Incoming::Bytes(b.clone().unbind()));
         }
         if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
             let buf = PyBuffer::<u8>::get(data)?;
-            return Ok(Chunk::Owned(buf.to_vec(data.py())?.into_boxed_slice()));
+            if !buf.is_c_contiguous() {
+                return Ok(Incoming::Copied(buf.to_vec(data.py())?.into_boxed_slice()));
+            }
+            return Ok(Incoming::Mutable(buf));
         }
         Err(PyTypeError::new_err(format!(
             "data argument must be a bytes-like object, not '{}'",
@@ -576,24 +607,31 @@ impl StreamTransport {
         )))
     }
 
+    fn to_chunk(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+        Ok(match Self::to_incoming(data)? {
+            Incoming::Bytes(b) => Chunk::Bytes(b),
+            Incoming::Copied(v) => Chunk::Owned(v),
+            Incoming::Mutable(buf) => Chunk::Owned(buf.to_vec(data.py())?.into_boxed_slice()),
+        })
+    }
+
     /// Queues chunks and arranges their flush.
-    fn enqueue(slf: &Bound<'_, Self>, chunks: Vec<Chunk>) -> PyResult<()> {
+    fn enqueue(slf: &Bound<'_, Self>, chunks: impl IntoIterator<Item = Chunk>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (len, high, empty_chunks) = this.st.with(py, |s| {
-            let mut empty = Vec::new();
+        let (len, high, writing) = this.st.with(py, |s| {
             for c in chunks {
-                if let Some(c) = s.queue.push(c) {
-                    empty.push(c);
+                if let Some(empty) = s.queue.push(c) {
+                    s.released.push(empty);
                 }
             }
-            (s.queue.len(), s.high, empty)
+            (s.queue.len(), s.high, s.writing)
         });
-        drop(empty_chunks);
+        this.drop_released(py);
         if len == 0 {
             return Ok(());
         }
-        if this.st.with(py, |s| s.writing) {
+        if writing {
             // The kernel's buffer is full: the writability edge flushes everything.
             return Self::maybe_pause_protocol(slf);
         }
@@ -603,6 +641,51 @@ impl StreamTransport {
         }
         this.queue_self(slf);
         Ok(())
+    }
+
+    /// Writes mutable data (a `bytearray`, a `memoryview`) now, behind whatever is
+    /// queued, in one vectored write; only what the kernel does not take is copied, as
+    /// asyncio copies only what it cannot send at once.
+    fn write_mutable(slf: &Bound<'_, Self>, buf: PyBuffer<u8>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // SAFETY: the buffer is C-contiguous and stays exported (neither moved nor
+        // resized) while `buf` lives; it is only read.
+        let data =
+            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let written = this.st.with(py, |s| {
+            if s.writing {
+                return Ok(0);
+            }
+            let mut released = std::mem::take(&mut s.released);
+            let r = s.queue.write_with_tail(this.fd, data, &mut released);
+            s.released = released;
+            r
+        });
+        this.drop_released(py);
+        let (sent, error) = match written {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
+        if sent < data.len() {
+            let rest = Chunk::Owned(data[sent..].to_vec().into_boxed_slice());
+            this.st.with(py, |s| s.queue.push(rest));
+        }
+        drop(buf);
+        if error.is_some() || sent < data.len() {
+            // Flushing again either meets the error (and handles it as any failed
+            // write) or finds the kernel full and starts watching for writability.
+            Self::flush_queued(slf)?;
+        } else if this
+            .st
+            .with(py, |s| s.closing || s.eof || s.empty_waiter.is_some())
+        {
+            Self::flush_queued(slf)?; // finishes a pending close, write_eof or sendfile wait
+        }
+        Self::maybe_pause_protocol(slf)
     }
 
     fn read_ready_data(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -797,11 +880,15 @@ impl StreamTransport {
     /// Write `data` (bytes, bytearray or memoryview) to the transport.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let chunk = Self::to_chunk(data)?;
+        let incoming = Self::to_incoming(data)?;
         if !slf.get().check_write(py)? {
             return Ok(());
         }
-        Self::enqueue(slf, vec![chunk])
+        match incoming {
+            Incoming::Bytes(b) => Self::enqueue(slf, [Chunk::Bytes(b)]),
+            Incoming::Copied(v) => Self::enqueue(slf, [Chunk::Owned(v)]),
+            Incoming::Mutable(buf) => Self::write_mutable(slf, buf),
+        }
     }
 
     /// Write every bytes-like object of an iterable, in one go.
@@ -826,7 +913,8 @@ impl StreamTransport {
                 return false;
             }
             s.eof = true;
-            s.queue.is_empty()
+            s.eof_sent = s.queue.is_empty();
+            s.eof_sent
         });
         if shut_now {
             socket_io::shutdown_write(this.fd).map_err(os_error)?;

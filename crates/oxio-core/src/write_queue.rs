@@ -127,6 +127,47 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
         Ok(Flushed::All)
     }
 
+    /// Writes the queue followed by `tail` (bytes the caller owns only for this call)
+    /// with one vectored write, returning how much of `tail` went. What is left of
+    /// `tail` is the caller's to queue; a queue left non-empty means the kernel's buffer
+    /// is full.
+    pub fn write_with_tail(
+        &mut self,
+        fd: RawFd,
+        tail: &[u8],
+        released: &mut Vec<B>,
+    ) -> io::Result<usize> {
+        if self.chunks.len() >= MAX_IOVECS && self.write_to(fd, released)? == Flushed::Partial {
+            return Ok(0);
+        }
+        loop {
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().enumerate() {
+                let bytes = chunk.as_ref();
+                slices[i] = IoSlice::new(if i == 0 { &bytes[self.offset..] } else { bytes });
+                count += 1;
+            }
+            slices[count] = IoSlice::new(tail);
+            count += 1;
+            let written = if count == 1 {
+                crate::socket_io::send(fd, tail)
+            } else {
+                crate::socket_io::writev(fd, &slices[..count])
+            };
+            match written {
+                Ok(n) => {
+                    let queued = self.len;
+                    self.consume(n.min(queued), released);
+                    return Ok(n.saturating_sub(queued));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Marks `n` bytes at the front as written.
     pub fn consume(&mut self, mut n: usize, released: &mut Vec<B>) {
         debug_assert!(n <= self.len);
@@ -202,6 +243,24 @@ mod tests {
         }
         assert!(q.is_empty());
         assert_eq!(got, total);
+    }
+
+    #[test]
+    fn a_borrowed_tail_leaves_with_the_queue() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = WriteQueue::new();
+        q.push(b"head ".to_vec());
+        let mut released = Vec::new();
+        assert_eq!(
+            q.write_with_tail(a.as_raw_fd(), b"tail", &mut released)
+                .unwrap(),
+            4
+        );
+        assert!(q.is_empty());
+        let mut buf = [0u8; 16];
+        let n = b.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"head tail");
     }
 
     #[test]
