@@ -522,3 +522,24 @@ def test_write_eof_after_mutable_write(loop, kind):
         await pr.lost
 
     run(loop, main())
+
+
+def test_bulk_reads_deliver_every_byte(loop):
+    # A backlog bigger than one read: full reads, then the short one that ends them.
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        tr.pause_reading()
+        data = PAYLOAD * 8 + b"end"
+        sender = asyncio.ensure_future(loop.sock_sendall(peer, data))
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        tr.resume_reading()
+        await sender
+        while len(pr.data) < len(data):
+            await asyncio.sleep(0.001)
+        assert pr.data == data
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())

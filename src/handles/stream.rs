@@ -74,6 +74,55 @@ enum Incoming {
     Copied(Box<[u8]>),
 }
 
+extern "C" {
+    // CPython's public (non-limited) C API: shrinks a `bytes` nobody else has seen.
+    fn _PyBytes_Resize(bytes: *mut *mut pyo3::ffi::PyObject, size: pyo3::ffi::Py_ssize_t) -> i32;
+}
+
+/// Reads up to `READ_BUFFER_SIZE` bytes straight into a new `bytes`, trimmed to what
+/// arrived: no copy through the loop's buffer, which matters for bulk transfers. `None`
+/// is end of file; the flag says whether the read filled the buffer.
+fn recv_into_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+) -> PyResult<std::io::Result<Option<(Bound<'_, PyBytes>, bool)>>> {
+    let size = READ_BUFFER_SIZE as pyo3::ffi::Py_ssize_t;
+    // SAFETY: a NULL source asks CPython for an uninitialized bytes object of `size`
+    // bytes; the result is a new reference or NULL with an exception set.
+    let mut obj = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    if obj.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `obj` is a live bytes object of `size` bytes that only this function can
+    // see; its buffer is writable until it is shared.
+    let read = unsafe {
+        socket_io::recv_raw(
+            fd,
+            pyo3::ffi::PyBytes_AsString(obj) as *mut u8,
+            READ_BUFFER_SIZE,
+        )
+    };
+    let n = match read {
+        Ok(n) if n > 0 => n,
+        other => {
+            // SAFETY: `obj` is our own reference, released once.
+            unsafe { pyo3::ffi::Py_DecRef(obj) };
+            return Ok(other.map(|_| None));
+        }
+    };
+    if n < READ_BUFFER_SIZE {
+        // SAFETY: `obj` has a reference count of one and has not been shared, which is
+        // what _PyBytes_Resize requires; on failure it frees the object, sets an
+        // exception and NULLs the pointer.
+        if unsafe { _PyBytes_Resize(&mut obj, n as pyo3::ffi::Py_ssize_t) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    // SAFETY: `obj` is a new reference to a bytes object, handed over to the Bound.
+    let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
+    Ok(Ok(Some((bytes, n == READ_BUFFER_SIZE))))
+}
+
 /// Mutable state, borrowed only between calls into Python.
 struct State {
     /// The socket object; `None` once the connection is lost and the socket closed.
@@ -89,6 +138,9 @@ struct State {
     low: usize,
     closing: bool,
     eof: bool,
+    /// The last read filled the buffer: the peer is streaming, so reads go straight
+    /// into a new `bytes` (trimmed to size) instead of through the loop's buffer.
+    bulk: bool,
     /// The write side was shut down (after `write_eof()` and the flush).
     eof_sent: bool,
     conn_lost: u32,
@@ -238,6 +290,7 @@ pub(crate) fn start_stream_transport<'py>(
                 closing: false,
                 eof: false,
                 eof_sent: false,
+                bulk: false,
                 conn_lost: 0,
                 paused: false,
                 protocol_paused: false,
@@ -692,11 +745,19 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
-        let read = lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
-            Ok(0) => Ok(None),
-            Ok(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
-            Err(e) => Err(e),
-        });
+        let read = if this.st.with(py, |s| s.bulk) {
+            recv_into_new_bytes(py, this.fd)?
+        } else {
+            lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
+                Err(e) => Err(e),
+            })
+        };
+        if let Ok(Some((_, full))) = &read {
+            let full = *full;
+            this.st.with(py, |s| s.bulk = full);
+        }
         match read {
             Ok(None) => Self::read_eof(slf),
             Ok(Some((data, full))) => {
