@@ -79,13 +79,16 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut pyo3::ffi::PyObject, size: pyo3::ffi::Py_ssize_t) -> i32;
 }
 
+/// What one read produced: the data, and whether it filled the buffer.
+type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
+
 /// Reads up to `READ_BUFFER_SIZE` bytes straight into a new `bytes`, trimmed to what
 /// arrived: no copy through the loop's buffer, which matters for bulk transfers. `None`
 /// is end of file; the flag says whether the read filled the buffer.
 fn recv_into_new_bytes(
     py: Python<'_>,
     fd: RawFd,
-) -> PyResult<std::io::Result<Option<(Bound<'_, PyBytes>, bool)>>> {
+) -> PyResult<std::io::Result<Option<ReadBytes<'_>>>> {
     let size = READ_BUFFER_SIZE as pyo3::ffi::Py_ssize_t;
     // SAFETY: a NULL source asks CPython for an uninitialized bytes object of `size`
     // bytes; the result is a new reference or NULL with an exception set.
