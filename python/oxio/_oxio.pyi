@@ -7,13 +7,28 @@ is `Loop` with `asyncio.AbstractEventLoop` mixed in.
 import asyncio
 import concurrent.futures
 import contextvars
+import socket
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Protocol, TypeVar, final
 
 from typing_extensions import TypeVarTuple, Unpack, disjoint_base
 
-__all__ = ["__version__", "Loop", "_run_until_complete_cb", "Handle", "TimerHandle"]
+__all__ = [
+    "__version__",
+    "Loop",
+    "_run_until_complete_cb",
+    "Handle",
+    "TimerHandle",
+    "StreamTransport",
+    "make_stream_transport",
+    "Acceptor",
+    "SockWaiter",
+    "sock_recv",
+    "sock_recv_into",
+    "sock_sendall",
+    "getaddrinfo_literal",
+]
 
 __version__: str
 
@@ -162,3 +177,67 @@ class Loop:
 
 def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
     """The done-callback run_until_complete adds to its future: stops the future's loop."""
+
+# ---- networking: the native halves the Python mixins call ------------------------------
+
+class StreamTransport:
+    """The engine of a connected stream socket's transport; protocols see
+    ``oxio._transports.SocketTransport``, whose methods are this object's."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None: ...
+    def write_eof(self) -> None: ...
+    def can_write_eof(self) -> bool: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_reading(self) -> bool: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def get_write_buffer_limits(self) -> tuple[int, int]: ...
+    def get_write_buffer_size(self) -> int: ...
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
+    def get_protocol(self) -> asyncio.BaseProtocol: ...
+
+def make_stream_transport(
+    lp: Loop,
+    sock: socket.socket,
+    protocol: asyncio.BaseProtocol,
+    waiter: asyncio.Future[None] | None = None,
+    extra: dict[str, Any] | None = None,
+    server: Any = None,
+) -> asyncio.Transport:
+    """Starts a transport on a connected, non-blocking socket, as asyncio's
+    ``_make_socket_transport``: connection_made, then reading, then the waiter."""
+
+class Acceptor:
+    """A listening socket's read callback: accepts and starts transports natively."""
+
+    def __init__(
+        self,
+        lp: Loop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        server: Any,
+        backlog: int,
+        args: tuple[Any, ...],
+    ) -> None: ...
+    def __call__(self) -> None: ...
+
+class SockWaiter:
+    """A socket method waiting for readiness (returned futures complete through it)."""
+
+def sock_recv(lp: Loop, sock: socket.socket, n: int) -> bytes | asyncio.Future[bytes]: ...
+def sock_recv_into(lp: Loop, sock: socket.socket, buf: Any) -> int | asyncio.Future[int]: ...
+def sock_sendall(lp: Loop, sock: socket.socket, data: Any) -> asyncio.Future[None] | None: ...
+def getaddrinfo_literal(
+    host: str | bytes | None,
+    port: str | bytes | int | None,
+    family: int = 0,
+    type: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+) -> list[tuple[Any, ...]] | None:
+    """``socket.getaddrinfo``'s answer for a numeric host, or None: ask libc."""
