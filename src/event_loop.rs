@@ -91,6 +91,9 @@ pub struct Loop {
     transports: GilCell<HashMap<RawFd, Py<StreamTransport>>>,
     /// Where stream reads land before they are copied into an exactly sized `bytes`.
     read_buf: GilCell<Box<[u8]>>,
+    /// The last `sock_recv` returned a large read: the next large one reads straight
+    /// into its `bytes`.
+    pub(crate) bulk_recv: AtomicBool,
 }
 
 fn closed_error() -> PyErr {
@@ -619,6 +622,7 @@ impl Loop {
             flush: GilCell::new(Vec::new()),
             transports: GilCell::new(HashMap::new()),
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
+            bulk_recv: AtomicBool::new(false),
         })
     }
 

@@ -6,6 +6,7 @@
 //! these and await the future only when one comes back.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 
 use oxio_core::socket_io;
 use pyo3::buffer::PyBuffer;
@@ -15,10 +16,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
-use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
+use crate::event_loop::{os_error, Loop};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
 use crate::handle::Handle;
+use crate::handles::stream::recv_into_new_bytes;
 
 /// `ssl.SSLSocket`, or `None` without an `ssl` module.
 fn ssl_socket_class(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
@@ -54,21 +56,31 @@ fn would_block(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock
 }
 
+/// From this size up, `sock_recv` reads straight into a new `bytes` trimmed to size (as
+/// `socket.recv` does) instead of copying out of the loop's buffer.
+const DIRECT_RECV: usize = 64 * 1024;
+
 /// Reads up to `n` bytes into an exactly sized `bytes`.
 fn recv_bytes<'py>(
     lp: &Loop,
     py: Python<'py>,
     fd: RawFd,
     n: usize,
-) -> std::io::Result<Bound<'py, PyBytes>> {
-    if n <= READ_BUFFER_SIZE {
+) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
+    let result = if n >= DIRECT_RECV && lp.bulk_recv.load(Ordering::Relaxed) {
+        recv_into_new_bytes(py, fd, n)?.map(|r| r.map_or_else(|| PyBytes::new(py, b""), |(b, _)| b))
+    } else {
         lp.with_read_buf(py, |buf| {
+            let n = n.min(buf.len());
             socket_io::recv(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]))
         })
-    } else {
-        let mut buf = vec![0u8; n];
-        socket_io::recv(fd, &mut buf).map(|got| PyBytes::new(py, &buf[..got]))
+    };
+    if let Ok(b) = &result {
+        // Large reads predict large reads: the next one skips the copy.
+        lp.bulk_recv
+            .store(b.as_bytes().len() >= DIRECT_RECV, Ordering::Relaxed);
     }
+    Ok(result)
 }
 
 /// Reads into a writable, contiguous Python buffer.
@@ -150,9 +162,10 @@ impl SockWaiter {
             .with(py, |op| -> Option<PyResult<Bound<'py, PyAny>>> {
                 match op.as_mut()? {
                     Op::Recv(n) => match recv_bytes(lp, py, self.fd, *n) {
-                        Ok(b) => Some(Ok(b.into_any())),
-                        Err(e) if would_block(&e) => None,
-                        Err(e) => Some(Err(os_error(e))),
+                        Err(e) => Some(Err(e)),
+                        Ok(Ok(b)) => Some(Ok(b.into_any())),
+                        Ok(Err(e)) if would_block(&e) => None,
+                        Ok(Err(e)) => Some(Err(os_error(e))),
                     },
                     Op::RecvInto(buf) => match recv_into(self.fd, buf) {
                         Ok(n) => Some(
@@ -240,7 +253,7 @@ pub fn sock_recv<'py>(
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
-    match recv_bytes(lp.get(), py, fd, n) {
+    match recv_bytes(lp.get(), py, fd, n)? {
         Ok(b) => Ok(b.into_any()),
         Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, Side::Read, Op::Recv(n)),
         Err(e) => Err(os_error(e)),

@@ -80,16 +80,17 @@ extern "C" {
 }
 
 /// What one read produced: the data, and whether it filled the buffer.
-type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
+pub(crate) type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
 
 /// Reads up to `READ_BUFFER_SIZE` bytes straight into a new `bytes`, trimmed to what
 /// arrived: no copy through the loop's buffer, which matters for bulk transfers. `None`
 /// is end of file; the flag says whether the read filled the buffer.
-fn recv_into_new_bytes(
+pub(crate) fn recv_into_new_bytes(
     py: Python<'_>,
     fd: RawFd,
+    max: usize,
 ) -> PyResult<std::io::Result<Option<ReadBytes<'_>>>> {
-    let size = READ_BUFFER_SIZE as pyo3::ffi::Py_ssize_t;
+    let size = max as pyo3::ffi::Py_ssize_t;
     // SAFETY: a NULL source asks CPython for an uninitialized bytes object of `size`
     // bytes; the result is a new reference or NULL with an exception set.
     let mut obj = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
@@ -98,13 +99,7 @@ fn recv_into_new_bytes(
     }
     // SAFETY: `obj` is a live bytes object of `size` bytes that only this function can
     // see; its buffer is writable until it is shared.
-    let read = unsafe {
-        socket_io::recv_raw(
-            fd,
-            pyo3::ffi::PyBytes_AsString(obj) as *mut u8,
-            READ_BUFFER_SIZE,
-        )
-    };
+    let read = unsafe { socket_io::recv_raw(fd, pyo3::ffi::PyBytes_AsString(obj) as *mut u8, max) };
     let n = match read {
         Ok(n) if n > 0 => n,
         other => {
@@ -113,7 +108,7 @@ fn recv_into_new_bytes(
             return Ok(other.map(|_| None));
         }
     };
-    if n < READ_BUFFER_SIZE {
+    if n < max {
         // SAFETY: `obj` has a reference count of one and has not been shared, which is
         // what _PyBytes_Resize requires; on failure it frees the object, sets an
         // exception and NULLs the pointer.
@@ -123,7 +118,7 @@ fn recv_into_new_bytes(
     }
     // SAFETY: `obj` is a new reference to a bytes object, handed over to the Bound.
     let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-    Ok(Ok(Some((bytes, n == READ_BUFFER_SIZE))))
+    Ok(Ok(Some((bytes, n == max))))
 }
 
 /// Mutable state, borrowed only between calls into Python.
@@ -749,7 +744,7 @@ impl StreamTransport {
         let this = slf.get();
         let lp = this.lp.get();
         let read = if this.st.with(py, |s| s.bulk) {
-            recv_into_new_bytes(py, this.fd)?
+            recv_into_new_bytes(py, this.fd, READ_BUFFER_SIZE)?
         } else {
             lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
                 Ok(0) => Ok(None),
