@@ -67,8 +67,15 @@ fn recv_bytes<'py>(
     fd: RawFd,
     n: usize,
 ) -> PyResult<std::io::Result<Bound<'py, PyBytes>>> {
-    let result = if n >= DIRECT_RECV && lp.bulk_recv.load(Ordering::Relaxed) {
-        recv_into_new_bytes(py, fd, n)?.map(|r| r.map_or_else(|| PyBytes::new(py, b""), |(b, _)| b))
+    let pending = if n >= DIRECT_RECV && lp.bulk_recv.load(Ordering::Relaxed) {
+        socket_io::bytes_readable(fd).unwrap_or(0)
+    } else {
+        0
+    };
+    let result = if pending >= DIRECT_RECV {
+        // Sized by the kernel's count: no over-allocation to trim, no copy.
+        recv_into_new_bytes(py, fd, pending.min(n))?
+            .map(|r| r.map_or_else(|| PyBytes::new(py, b""), |(b, _)| b))
     } else {
         lp.with_read_buf(py, |buf| {
             let n = n.min(buf.len());

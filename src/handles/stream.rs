@@ -34,6 +34,8 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// promptly keeps the allocator from returning memory to the kernel and faulting it
 /// back in (measured: 10 page faults per 64 KiB echo otherwise).
 const FLUSH_NOW_BYTES: usize = 16 * 1024;
+/// A read this large predicts another: the next goes straight into its own `bytes`.
+const BULK_READ: usize = 16 * 1024;
 /// asyncio's default high-water mark for writes.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -743,8 +745,15 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
-        let read = if this.st.with(py, |s| s.bulk) {
-            recv_into_new_bytes(py, this.fd, READ_BUFFER_SIZE)?
+        let pending = if this.st.with(py, |s| s.bulk) {
+            socket_io::bytes_readable(this.fd).unwrap_or(0)
+        } else {
+            0
+        };
+        let read = if pending >= BULK_READ {
+            // Sized by the kernel's count: no over-allocation to trim, no copy.
+            recv_into_new_bytes(py, this.fd, pending.min(READ_BUFFER_SIZE))?
+                .map(|r| r.map(|(b, _)| (b, pending >= READ_BUFFER_SIZE)))
         } else {
             lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
                 Ok(0) => Ok(None),
@@ -752,9 +761,9 @@ impl StreamTransport {
                 Err(e) => Err(e),
             })
         };
-        if let Ok(Some((_, full))) = &read {
-            let full = *full;
-            this.st.with(py, |s| s.bulk = full);
+        if let Ok(Some((data, _))) = &read {
+            let bulk = data.as_bytes().len() >= BULK_READ;
+            this.st.with(py, |s| s.bulk = bulk);
         }
         match read {
             Ok(None) => Self::read_eof(slf),

@@ -114,6 +114,17 @@ pub fn sendfile(out_fd: RawFd, in_fd: RawFd, offset: &mut i64, count: usize) -> 
     }
 }
 
+/// How many bytes wait to be read (`FIONREAD`).
+pub fn bytes_readable(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.max(0) as usize)
+    }
+}
+
 /// Half-closes the write side (`shutdown(SHUT_WR)`).
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain system call on an integer descriptor.
@@ -162,6 +173,14 @@ mod tests {
         assert_eq!(recv(a.as_raw_fd(), &mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], b"abc");
         assert_eq!(recv(a.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn bytes_readable_counts_what_waits() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        assert_eq!(bytes_readable(a.as_raw_fd()).unwrap(), 0);
+        b.write_all(b"12345").unwrap();
+        assert_eq!(bytes_readable(a.as_raw_fd()).unwrap(), 5);
     }
 
     #[test]
