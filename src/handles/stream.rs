@@ -664,7 +664,13 @@ impl StreamTransport {
         Ok(match Self::to_incoming(data)? {
             Incoming::Bytes(b) => Chunk::Bytes(b),
             Incoming::Copied(v) => Chunk::Owned(v),
-            Incoming::Mutable(buf) => Chunk::Owned(buf.to_vec(data.py())?.into_boxed_slice()),
+            Incoming::Mutable(buf) => {
+                // SAFETY: the buffer is C-contiguous and exported while `buf` lives.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+                };
+                Chunk::Bytes(PyBytes::new(data.py(), bytes).unbind())
+            }
         })
     }
 
@@ -955,6 +961,17 @@ impl StreamTransport {
         match incoming {
             Incoming::Bytes(b) => Self::enqueue(slf, [Chunk::Bytes(b)]),
             Incoming::Copied(v) => Self::enqueue(slf, [Chunk::Owned(v)]),
+            Incoming::Mutable(buf) if buf.len_bytes() < FLUSH_NOW_BYTES => {
+                // Small: a private copy (a `bytes`, from Python's allocator) keeps it in
+                // this iteration's batch.
+                // SAFETY: the buffer is C-contiguous and exported while `buf` lives.
+                let data = unsafe {
+                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+                };
+                let copy = PyBytes::new(py, data).unbind();
+                drop(buf);
+                Self::enqueue(slf, [Chunk::Bytes(copy)])
+            }
             Incoming::Mutable(buf) => Self::write_mutable(slf, buf),
         }
     }
