@@ -87,6 +87,54 @@ def gather_tasks(loop: asyncio.AbstractEventLoop, n: int) -> int:
     return n
 
 
+def _write_responses(loop: asyncio.AbstractEventLoop, n: int, parts: tuple[bytes, ...]) -> int:
+    """n responses of 1 KiB written to a TCP transport over loopback, 64 per loop
+    iteration, each as `parts` (one write per part); the peer drains between batches."""
+    import socket
+
+    async def main() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        tr, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+        b, _ = listener.accept()  # already in the backlog: does not block
+        listener.close()
+        b.setblocking(False)
+        write = tr.write
+        left = n
+        while left > 0:
+            for _ in range(min(64, left)):
+                for part in parts:
+                    write(part)
+            left -= 64
+            await asyncio.sleep(0)
+            while True:
+                try:
+                    if not b.recv(1 << 20):
+                        break
+                except BlockingIOError:
+                    if not tr.get_write_buffer_size():
+                        break
+                    await asyncio.sleep(0)
+        tr.close()
+        b.close()
+
+    loop.run_until_complete(main())
+    return n
+
+
+_RESPONSE = b"x" * 1024
+
+
+def write_response(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """A 1 KiB response in one write (see _write_responses)."""
+    return _write_responses(loop, n, (_RESPONSE,))
+
+
+def write_header_body(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """The same 1 KiB response as a 16-byte header and a body: two writes, which the
+    loop should send together (see _write_responses)."""
+    return _write_responses(loop, n, (_RESPONSE[:16], _RESPONSE[16:]))
+
+
 #: name -> (function, size in a full run, size in a smoke run)
 BENCHMARKS: dict[str, tuple] = {
     "call_soon": (call_soon, 200_000, 200),
@@ -95,4 +143,6 @@ BENCHMARKS: dict[str, tuple] = {
     "sleep(0)": (sleep0, 200_000, 200),
     "future round trip": (future_round_trip, 200_000, 200),
     "gather 50k tasks": (gather_tasks, 50_000, 200),
+    "write 1 KiB response": (write_response, 200_000, 200),
+    "write header + body": (write_header_body, 200_000, 200),
 }
