@@ -523,21 +523,34 @@ impl Loop {
             py,
             Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, false)?,
         )?;
+        slf.get().install_watch(fd, side, &handle, true)?;
+        Ok(handle)
+    }
+
+    /// Makes `handle` the `side` watcher of `fd` (level-triggered or not); the handle it
+    /// replaces is cancelled, as asyncio cancels a replaced reader or writer.
+    fn install_watch(
+        &self,
+        fd: RawFd,
+        side: Side,
+        handle: &Bound<'_, Handle>,
+        level: bool,
+    ) -> PyResult<()> {
+        let py = handle.py();
         let watched = handle.clone().unbind();
         // On failure `set` drops `watched`, which is not the last reference: no Python
         // code runs while the state is borrowed.
-        let this = slf.get();
-        let replaced = this.watches.with(py, |w| match w {
-            Some(w) => w.set(fd, side, watched, true).map_err(os_error),
+        let replaced = self.watches.with(py, |w| match w {
+            Some(w) => w.set(fd, side, watched, level).map_err(os_error),
             None => Err(closed_error()),
         })?;
-        this.watching.store(true, Ordering::Relaxed);
-        untrack(&handle);
+        self.watching.store(true, Ordering::Relaxed);
+        untrack(handle);
         if let Some(old) = replaced {
             Handle::cancel_bound(old.bind(py));
             release(old);
         }
-        Ok(handle)
+        Ok(())
     }
 
     fn unwatch(
@@ -554,20 +567,7 @@ impl Loop {
         if check_transport {
             slf.get().ensure_fd_no_transport(py, fd)?;
         }
-        let this = slf.get();
-        let (removed, watching) = this.watches.with(py, |w| match w {
-            Some(w) => (w.remove(fd, side), !w.is_empty()),
-            None => (None, false),
-        });
-        this.watching.store(watching, Ordering::Relaxed);
-        Ok(match removed {
-            Some(h) => {
-                Handle::cancel_bound(h.bind(py));
-                release(h);
-                true
-            }
-            None => false,
-        })
+        Ok(slf.get().unwatch_internal(py, fd, side))
     }
 }
 
@@ -1250,17 +1250,7 @@ impl Loop {
                 None,
             )?,
         )?;
-        let watched = handle.clone().unbind();
-        let replaced = this.watches.with(py, |w| match w {
-            Some(w) => w.set(fd, side, watched, level).map_err(os_error),
-            None => Err(closed_error()),
-        })?;
-        this.watching.store(true, Ordering::Relaxed);
-        untrack(&handle);
-        if let Some(old) = replaced {
-            Handle::cancel_bound(old.bind(py));
-            release(old);
-        }
+        this.install_watch(fd, side, &handle, level)?;
         Ok(handle.unbind())
     }
 

@@ -88,6 +88,22 @@ cached_attr!(
     /// `traceback.format_list`.
     format_list, "traceback", "format_list");
 
+cached_attr!(
+    /// `oxio._transports.SocketTransport`, the transport class protocols see.
+    proxy_class, "oxio._transports", "SocketTransport");
+cached_attr!(
+    /// `asyncio.trsock.TransportSocket`, what `get_extra_info("socket")` returns.
+    transport_socket_class, "asyncio.trsock", "TransportSocket");
+cached_attr!(
+    /// `asyncio.BufferedProtocol`.
+    buffered_protocol_class, "asyncio", "BufferedProtocol");
+cached_attr!(
+    /// `asyncio.futures._set_result_unless_cancelled`.
+    set_result_unless_cancelled, "asyncio.futures", "_set_result_unless_cancelled");
+cached_attr!(
+    /// `socket.socket`, what accepted connections are wrapped in.
+    socket_class, "socket", "socket");
+
 /// Imports `oxio._coroutines` and returns the named coroutine function.
 pub fn coroutine_helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("oxio._coroutines")?.getattr(name)

@@ -16,7 +16,7 @@ from asyncio import constants, exceptions, sslproto, staggered
 from asyncio.log import logger
 
 from . import _oxio
-from ._sockets import check_ssl_socket
+from ._sockets import check_ssl_socket, check_tls_only
 
 try:
     import ssl as _ssl
@@ -247,16 +247,16 @@ class ConnectionMixin:
         if kwargs:
             name = next(iter(kwargs))
             raise TypeError(f"create_connection() got an unexpected keyword argument {name!r}")
-        if server_hostname is not None and not ssl:
-            raise ValueError("server_hostname is only meaningful with ssl")
+        check_tls_only(ssl, server_hostname=server_hostname)
         if server_hostname is None and ssl:
             if not host:
                 raise ValueError("You must set server_hostname when using ssl without a host")
             server_hostname = host
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        check_tls_only(
+            ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if sock is not None:
             check_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
@@ -340,12 +340,12 @@ class ConnectionMixin:
             if server_hostname is None:
                 raise ValueError("you have to pass server_hostname when using ssl")
         else:
-            if server_hostname is not None:
-                raise ValueError("server_hostname is only meaningful with ssl")
-            if ssl_handshake_timeout is not None:
-                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-            if ssl_shutdown_timeout is not None:
-                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            check_tls_only(
+                ssl,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -383,10 +383,11 @@ class ConnectionMixin:
     ):
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        check_tls_only(
+            ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         check_ssl_socket(sock)
         transport, protocol = await self._create_connection_transport(
             sock,

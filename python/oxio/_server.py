@@ -14,7 +14,7 @@ from asyncio import base_events, constants, events, exceptions, tasks, trsock
 from asyncio.log import logger
 
 from . import _oxio
-from ._sockets import check_ssl_socket
+from ._sockets import check_ssl_socket, check_tls_only
 
 #: Errors that mean "out of descriptors or memory": asyncio logs them, stops accepting
 #: for ACCEPT_RETRY_DELAY seconds and then carries on serving.
@@ -366,10 +366,11 @@ class ServerMixin:
     ):
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        check_tls_only(
+            ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if sock is not None:
             check_ssl_socket(sock)
         if host is not None or port is not None:
@@ -397,18 +398,15 @@ class ServerMixin:
 
         for s in sockets:
             s.setblocking(False)
-        server = Server(
-            self,
+        server = await self._serve(
             sockets,
             protocol_factory,
             ssl,
             backlog,
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
+            start_serving,
         )
-        if start_serving:
-            server._start_serving()
-            await tasks.sleep(0)
         if self.get_debug():
             logger.info("%r is serving", server)
         return server
@@ -478,10 +476,11 @@ class ServerMixin:
     ):
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        check_tls_only(
+            ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -512,16 +511,21 @@ class ServerMixin:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
         sock.setblocking(False)
-        server = Server(
-            self,
+        return await self._serve(
             [sock],
             protocol_factory,
             ssl,
             backlog,
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
+            start_serving,
         )
-        if start_serving:
+
+    async def _serve(self, sockets, protocol_factory, ssl, backlog, hs_timeout, sd_timeout, start):
+        """A Server on bound sockets; serving, one iteration later, if `start`."""
+        server = Server(self, sockets, protocol_factory, ssl, backlog, hs_timeout, sd_timeout)
+        if start:
             server._start_serving()
+            # One iteration, so that the accept watches are in place.
             await tasks.sleep(0)
         return server

@@ -26,6 +26,14 @@ def check_ssl_socket(sock) -> None:
         raise TypeError("Socket cannot be of type SSLSocket")
 
 
+def check_tls_only(ssl, **arguments) -> None:
+    """asyncio's ValueError for TLS arguments given without TLS, checked in the order
+    given."""
+    for name, value in arguments.items():
+        if value is not None and not ssl:
+            raise ValueError(f"{name} is only meaningful with ssl")
+
+
 def check_sendfile_params(sock, file, offset, count) -> None:
     if "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
@@ -90,19 +98,22 @@ class SocketMixin:
             return result
         return await result
 
-    async def sock_recvfrom(self, sock, bufsize):
+    async def _try_then_wait(self, wait, sock, method, *args):
+        """The shape of asyncio's datagram socket methods: `sock.<method>(*args)` at
+        once, and if the socket would block, again each time `wait` reports it ready.
+        The method is looked up on every attempt, as asyncio's code does."""
         self._check_sock(sock)
         try:
-            return sock.recvfrom(bufsize)
+            return getattr(sock, method)(*args)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_readable(sock, self._sock_recvfrom_ready, sock, bufsize)
+        return await wait(sock, self._sock_retry, sock, method, *args)
 
-    def _sock_recvfrom_ready(self, fut, sock, bufsize):
+    def _sock_retry(self, fut, sock, method, *args):
         if fut.done():
             return
         try:
-            result = sock.recvfrom(bufsize)
+            result = getattr(sock, method)(*args)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
@@ -111,30 +122,13 @@ class SocketMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        return await self._try_then_wait(self._wait_readable, sock, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
-        self._check_sock(sock)
-        if not nbytes:
-            nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_recvfrom_into_ready, sock, buf, nbytes)
-
-    def _sock_recvfrom_into_ready(self, fut, sock, buf, nbytes):
-        if fut.done():
-            return
-        try:
-            result = sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+        nbytes = nbytes or len(buf)
+        return await self._try_then_wait(self._wait_readable, sock, "recvfrom_into", buf, nbytes)
 
     # -- sending --------------------------------------------------------------------
 
@@ -145,26 +139,7 @@ class SocketMixin:
         return await result
 
     async def sock_sendto(self, sock, data, address):
-        self._check_sock(sock)
-        try:
-            return sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_writable(sock, self._sock_sendto_ready, sock, data, address)
-
-    def _sock_sendto_ready(self, fut, sock, data, address):
-        if fut.done():
-            return
-        try:
-            n = sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(n)
+        return await self._try_then_wait(self._wait_writable, sock, "sendto", data, address)
 
     # -- connecting and accepting --------------------------------------------------------
 

@@ -8,7 +8,6 @@ use std::os::fd::RawFd;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors;
@@ -16,14 +15,6 @@ use crate::event_loop::{os_error, Loop};
 use crate::handles::stream::start_stream_transport;
 use crate::py_refs;
 use crate::sockaddr::sockaddr_to_py;
-
-fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        py.import("socket")?.getattr("socket").map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
-}
 
 /// Accepts connections for one listening socket of a server. See the module docs.
 #[pyclass(frozen, module = "oxio._oxio")]
@@ -72,7 +63,7 @@ impl Acceptor {
     /// Wraps an accepted descriptor in a `socket.socket` (non-blocking, as asyncio's
     /// accepted sockets are). On failure the descriptor is closed here.
     fn wrap(&self, py: Python<'_>, fd: RawFd) -> PyResult<Py<PyAny>> {
-        match socket_class(py)?.call1((
+        match py_refs::socket_class(py)?.call1((
             self.family,
             self.sock_type | libc::SOCK_NONBLOCK,
             self.proto,

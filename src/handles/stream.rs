@@ -16,7 +16,6 @@ use oxio_core::{socket_io, Flushed, WriteQueue};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
@@ -166,46 +165,6 @@ pub struct StreamTransport {
     st: GilCell<State>,
 }
 
-fn proxy_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        py.import("oxio._transports")?
-            .getattr("SocketTransport")
-            .map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
-}
-
-fn transport_socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        py.import("asyncio.trsock")?
-            .getattr("TransportSocket")
-            .map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
-}
-
-fn buffered_protocol_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        py.import("asyncio")?
-            .getattr("BufferedProtocol")
-            .map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
-}
-
-fn set_result_unless_cancelled(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        py.import("asyncio.futures")?
-            .getattr("_set_result_unless_cancelled")
-            .map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
-}
-
 /// Disables Nagle's algorithm on TCP sockets, as asyncio does for every transport.
 fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
@@ -270,7 +229,7 @@ pub(crate) fn start_stream_transport<'py>(
     if tcp {
         set_nodelay(fd);
     }
-    let buffered = protocol.is_instance(buffered_protocol_class(py)?)?;
+    let buffered = protocol.is_instance(py_refs::buffered_protocol_class(py)?)?;
     let server = server.filter(|s| !s.is_none());
     let core = Bound::new(
         py,
@@ -304,7 +263,7 @@ pub(crate) fn start_stream_transport<'py>(
             }),
         },
     )?;
-    let proxy = proxy_class(py)?.call1((&core,))?;
+    let proxy = py_refs::proxy_class(py)?.call1((&core,))?;
     core.get()
         .st
         .with(py, |s| s.proxy = Some(proxy.clone().unbind()));
@@ -316,7 +275,11 @@ pub(crate) fn start_stream_transport<'py>(
     Loop::call_soon_internal(lp, &connection_made, (&proxy,))?;
     Loop::call_soon_internal(lp, &core.getattr(intern!(py, "_start_reading"))?, ())?;
     if let Some(w) = waiter.filter(|w| !w.is_none()) {
-        Loop::call_soon_internal(lp, set_result_unless_cancelled(py)?, (w, py.None()))?;
+        Loop::call_soon_internal(
+            lp,
+            py_refs::set_result_unless_cancelled(py)?,
+            (w, py.None()),
+        )?;
     }
     Ok(proxy)
 }
@@ -1138,7 +1101,7 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = protocol.is_instance(buffered_protocol_class(py)?)?;
+        let buffered = protocol.is_instance(py_refs::buffered_protocol_class(py)?)?;
         let old = self.st.with(py, |s| {
             s.buffered = buffered;
             s.protocol.replace(protocol.clone().unbind())
@@ -1315,7 +1278,10 @@ impl StreamTransport {
             extra.set_item(key, value)?;
         }
         if let Some(sock) = sock {
-            extra.set_item("socket", transport_socket_class(py)?.call1((sock,))?)?;
+            extra.set_item(
+                "socket",
+                py_refs::transport_socket_class(py)?.call1((sock,))?,
+            )?;
         }
         let extra = extra.unbind();
         let old = self.st.with(py, |s| s.extra.replace(extra.clone_ref(py)));
