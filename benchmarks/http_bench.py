@@ -30,9 +30,7 @@ import os
 import platform
 import random
 import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,12 +43,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loops import LOOP_NAMES, loop_factory, loop_version  # noqa: E402
+from server_process import Server, ServerFailed  # noqa: E402
 
 REFERENCE_LOOPS = ("uvloop", "rloop")
 MUST_SERVE = ("asyncio", "oxio")
 BODY = b"Hello, World!"
-SERVER_START_TIMEOUT = 20.0
-SERVER_STOP_TIMEOUT = 5.0
 CHECK_TIMEOUT = 5.0
 APT_TIMEOUT = 600.0
 
@@ -131,81 +128,6 @@ def serve(loop_name: str, cpu: int | None) -> int:
 
 # ---------------------------------------------------------------------------------------
 # the parent: servers, wrk, the report
-
-
-class ServerFailed(Exception):
-    pass
-
-
-class Server:
-    """A server subprocess that has printed `LISTENING <port>`."""
-
-    def __init__(self, argv: list[str], stderr_path: Path) -> None:
-        self.stderr_path = stderr_path
-        self.stderr = open(stderr_path, "wb")
-        try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr
-            )
-        except BaseException:
-            self.stderr.close()
-            raise
-        try:
-            self.port = int(self._await_listening())
-        except BaseException:
-            self.stop()
-            raise
-
-    def _await_listening(self) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        data = b""
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServerFailed(f"no LISTENING line within {SERVER_START_TIMEOUT:.0f} s")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
-                raise ServerFailed(f"exited with status {self.proc.returncode}: {self.error()}")
-            data += chunk
-        line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
-        if not line.startswith("LISTENING "):
-            raise ServerFailed(f"unexpected first line {line!r}")
-        return line.split(" ", 1)[1]
-
-    def error(self) -> str:
-        """The last line of the server's stderr, for a failure note."""
-        self.stderr.flush()
-        try:
-            lines = self.stderr_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "?"
-        return lines[-1][:200] if lines else "(no output)"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.stderr.close()
 
 
 def ensure_wrk(install: bool) -> str:
@@ -304,10 +226,10 @@ def measure(
     server = Server(argv, tmp / f"{loop}.err")
     try:
         try:
-            check_response(server.port)
+            check_response(int(server.where))
             if args.warmup:
-                run_wrk(args, wrk, server.port, args.warmup)
-            result = run_wrk(args, wrk, server.port, args.duration)
+                run_wrk(args, wrk, int(server.where), args.warmup)
+            result = run_wrk(args, wrk, int(server.where), args.duration)
         except (RuntimeError, ValueError, OSError) as e:
             why = str(e) if server.alive() else f"server exited: {server.error()}"
             raise RuntimeError(why) from e
