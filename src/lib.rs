@@ -30,6 +30,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     resolve::register(m)?;
     handles::stream::register(m)?;
     handles::accept::register(m)?;
+    handles::tls::register(m)?;
     sock_ops::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;

@@ -172,3 +172,19 @@ pub fn vectorcall<'py>(
         )
     }
 }
+
+cached_attr!(
+    /// `ssl.SSLWantReadError`: the TLS engine needs more bytes from the peer.
+    ssl_want_read_error, "ssl", "SSLWantReadError");
+cached_attr!(
+    /// `ssl.SSLSyscallError`, which asyncio treats like a want-read.
+    ssl_syscall_error, "ssl", "SSLSyscallError");
+cached_attr!(
+    /// `ssl.SSLError`.
+    ssl_error, "ssl", "SSLError");
+cached_attr!(
+    /// `ssl.CertificateError` (`SSLCertVerificationError`).
+    ssl_certificate_error, "ssl", "CertificateError");
+cached_attr!(
+    /// `asyncio.CancelledError`.
+    cancelled_error, "asyncio", "CancelledError");

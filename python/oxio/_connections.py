@@ -12,11 +12,12 @@ import itertools
 import os
 import socket
 import sys
-from asyncio import constants, exceptions, sslproto, staggered
+from asyncio import constants, exceptions, staggered
 from asyncio.log import logger
 
 from . import _oxio
 from ._sockets import check_ssl_socket, check_tls_only
+from ._tls import make_tls_protocol
 
 try:
     import ssl as _ssl
@@ -134,7 +135,7 @@ class ConnectionMixin:
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = make_tls_protocol(
             self,
             protocol,
             sslcontext,
@@ -425,7 +426,7 @@ class ConnectionMixin:
         if not getattr(transport, "_start_tls_compatible", False):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = self.create_future()
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = make_tls_protocol(
             self,
             protocol,
             sslcontext,

@@ -23,6 +23,7 @@ use crate::errors;
 use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
+use crate::handles::tls::TlsProtocol;
 use crate::py_refs;
 use crate::sockaddr::{self, RawAddr};
 
@@ -120,6 +121,13 @@ pub(crate) fn recv_into_new_bytes(
     // SAFETY: `obj` is a new reference to a bytes object, handed over to the Bound.
     let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
     Ok(Ok(Some((bytes, n == max))))
+}
+
+/// True for protocols that take reads into their own buffer: asyncio's BufferedProtocol,
+/// and the TLS layer (fed from the loop's buffer).
+fn is_buffered(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(protocol.is_instance_of::<TlsProtocol>()
+        || protocol.is_instance(py_refs::buffered_protocol_class(protocol.py())?)?)
 }
 
 /// Mutable state, borrowed only between calls into Python.
@@ -229,7 +237,7 @@ pub(crate) fn start_stream_transport<'py>(
     if tcp {
         set_nodelay(fd);
     }
-    let buffered = protocol.is_instance(py_refs::buffered_protocol_class(py)?)?;
+    let buffered = is_buffered(protocol)?;
     let server = server.filter(|s| !s.is_none());
     let core = Bound::new(
         py,
@@ -764,6 +772,9 @@ impl StreamTransport {
         let Some(protocol) = this.protocol(py) else {
             return Ok(());
         };
+        if let Ok(tls) = protocol.cast::<TlsProtocol>() {
+            return Self::read_ready_tls(slf, tls);
+        }
         let buf = protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
             .and_then(|b| {
@@ -805,6 +816,43 @@ impl StreamTransport {
                 }
                 match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
                     Ok(_) => Ok(()),
+                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
+                    Err(e) => Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
+        }
+    }
+
+    /// A read for the TLS layer: straight from the loop's buffer into its input BIO.
+    fn read_ready_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = this.lp.get();
+        let mut full = false;
+        let outcome: std::io::Result<Option<PyResult<()>>> = lp.with_read_buf(py, |buf| {
+            let n = socket_io::recv(this.fd, buf)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            full = n == buf.len();
+            // Only the copy into the BIO happens while the buffer is borrowed; the
+            // protocol (which may call back into the loop) runs after.
+            Ok(Some(TlsProtocol::data_from_socket(tls, &buf[..n])))
+        });
+        match outcome {
+            Ok(None) => Self::read_eof(slf),
+            Ok(Some(fed)) => {
+                if full {
+                    lp.request_rearm(py, this.fd);
+                }
+                match fed.and_then(|()| TlsProtocol::on_incoming(tls)) {
+                    Ok(()) => Ok(()),
                     Err(e) if errors::is_exit_exception(py, &e) => Err(e),
                     Err(e) => Self::fatal_error(
                         slf,
@@ -1101,7 +1149,7 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = protocol.is_instance(py_refs::buffered_protocol_class(py)?)?;
+        let buffered = is_buffered(protocol)?;
         let old = self.st.with(py, |s| {
             s.buffered = buffered;
             s.protocol.replace(protocol.clone().unbind())
