@@ -418,16 +418,28 @@ impl TlsProtocol {
             }
             return Ok(());
         }
-        let mut sizes = Vec::with_capacity(items.len());
-        for data in items {
-            sizes.push(data.len()?);
+        if let [data] = items {
+            if phase == Phase::Wrapped && this.st.with(py, |s| s.write_backlog.is_empty()) {
+                // The common case: nothing queued, so the record goes straight out.
+                return match Self::write_now(slf, data) {
+                    Err(e)
+                        if !errors::is_exit_exception(py, &e)
+                            && e.is_instance_of::<pyo3::exceptions::PyException>(py) =>
+                    {
+                        let exc = e.into_value(py).into_bound(py).into_any();
+                        Self::fatal_error(slf, &exc, "Fatal error on SSL protocol")
+                    }
+                    other => other,
+                };
+            }
         }
-        this.st.with(py, |s| {
-            for (data, size) in items.iter().zip(sizes) {
+        for data in items {
+            let size = data.len()?;
+            this.st.with(py, |s| {
                 s.write_backlog.push_back(data.clone().unbind());
                 s.write_buffer_size += size;
-            }
-        });
+            });
+        }
         if phase == Phase::Wrapped {
             if let Err(e) = Self::do_write(slf) {
                 if errors::is_exit_exception(py, &e)
@@ -440,6 +452,32 @@ impl TlsProtocol {
             }
         }
         Ok(())
+    }
+
+    /// Encrypts `data` with nothing queued before it; what the engine does not take
+    /// joins the backlog.
+    fn write_now(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let len = data.len()?;
+        let count: usize = match this.engine.ssl_write.bind(py).call1((data,)) {
+            Ok(n) => n.extract()?,
+            Err(e) if is_again(py, &e)? => 0,
+            Err(e) => return Err(e),
+        };
+        if count < len {
+            let rest = data.get_item(pyo3::types::PySlice::new(
+                py,
+                count as isize,
+                len as isize,
+                1,
+            ))?;
+            this.st.with(py, |s| {
+                s.write_backlog.push_back(rest.unbind());
+                s.write_buffer_size += len - count;
+            });
+        }
+        Self::process_outgoing(slf)
     }
 
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -570,7 +608,11 @@ impl TlsProtocol {
             Bound::from_owned_ptr_or_err(py, ptr)?
         };
         let result = self.engine.incoming_write.bind(py).call1((&view,));
-        view.call_method0(intern!(py, "release"))?;
+        // SAFETY: `view` is a live object we hold a reference to.
+        if unsafe { pyo3::ffi::Py_REFCNT(view.as_ptr()) } > 1 {
+            // Someone kept the view: make it unusable before `data` goes away.
+            view.call_method0(intern!(py, "release"))?;
+        }
         result.map(drop)
     }
 
