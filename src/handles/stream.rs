@@ -372,19 +372,18 @@ impl StreamTransport {
         if value.is_instance_of::<pyo3::exceptions::PyOSError>() {
             if lp.get().is_debug() {
                 let kwargs = PyDict::new(py);
-                kwargs.set_item("exc_info", true)?;
+                // The exception itself as exc_info: logging formats its traceback. (An
+                // exception left set while calling into Python is a SystemError.)
+                kwargs.set_item("exc_info", &value)?;
                 let repr = this
                     .proxy(py)
                     .map(|p| p.into_any())
                     .unwrap_or(slf.clone().into_any());
-                exc.clone_ref(py).restore(py);
-                let logged = py_refs::logger(py)?.call_method(
+                py_refs::logger(py)?.call_method(
                     "debug",
                     ("%r: %s", repr, message),
                     Some(&kwargs),
-                );
-                PyErr::take(py);
-                logged?;
+                )?;
             }
         } else {
             let ctx = PyDict::new(py);
