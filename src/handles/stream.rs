@@ -84,6 +84,15 @@ extern "C" {
 /// What one read produced: the data, and whether it filled the buffer.
 pub(crate) type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
 
+/// `_PyBytes_Resize` for the other handles (same contract).
+///
+/// # Safety
+/// `obj` must be the only reference to a bytes object that has not been shared.
+pub(crate) unsafe fn bytes_resize(obj: &mut *mut pyo3::ffi::PyObject, size: usize) -> i32 {
+    // SAFETY: the caller upholds _PyBytes_Resize's contract.
+    unsafe { _PyBytes_Resize(obj, size as pyo3::ffi::Py_ssize_t) }
+}
+
 /// Reads up to `READ_BUFFER_SIZE` bytes straight into a new `bytes`, trimmed to what
 /// arrived: no copy through the loop's buffer, which matters for bulk transfers. `None`
 /// is end of file; the flag says whether the read filled the buffer.

@@ -674,49 +674,41 @@ impl TlsProtocol {
     /// True when neither the engine nor its input BIO holds anything more to read, so a
     /// read would only raise `SSLWantReadError` (an exception per read is not free).
     fn drained(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.pending_input(py)? == 0)
+    }
+
+    /// Bytes waiting in the input BIO plus decrypted bytes the engine holds.
+    fn pending_input(&self, py: Python<'_>) -> PyResult<usize> {
         let incoming: usize = self
             .engine
             .incoming
             .bind(py)
             .getattr(intern!(py, "pending"))?
             .extract()?;
-        if incoming > 0 {
-            return Ok(false);
-        }
         let buffered: usize = self
             .engine
             .sslobj
             .bind(py)
             .call_method0(intern!(py, "pending"))?
             .extract()?;
-        Ok(buffered == 0)
+        Ok(incoming + buffered)
     }
 
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = this.engine.ssl_read.bind(py);
-        let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+        let mut chunks: Vec<Bound<'_, PyBytes>> = Vec::new();
         let mut close_notify = false;
         loop {
-            match read.call1((MAX_READ,)) {
-                Ok(chunk) => {
-                    if chunk.len()? == 0 {
-                        close_notify = true;
-                        break;
-                    }
-                    chunks.push(chunk);
-                    if this.drained(py)? {
-                        break;
-                    }
-                }
-                Err(e) if is_again(py, &e)? => break,
-                Err(e) => return Err(e),
+            let (chunk, more) = this.read_plaintext(py, &mut close_notify)?;
+            chunks.extend(chunk);
+            if !more || close_notify {
+                break;
             }
         }
         let data = match chunks.len() {
             0 => None,
-            1 => chunks.pop(),
+            1 => chunks.pop().map(Bound::into_any),
             _ => Some(PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?),
         };
         if let (Some(data), Some(protocol)) = (data, this.app_protocol(py)) {
@@ -727,6 +719,87 @@ impl TlsProtocol {
             Self::start_shutdown(slf)?;
         }
         Ok(())
+    }
+
+    /// Decrypts what is waiting into one new `bytes`, filled in place: sized by the input
+    /// waiting (plaintext is never longer than its records), trimmed to what was read.
+    /// Returns the bytes (if any) and whether more may be waiting.
+    fn read_plaintext<'py>(
+        &self,
+        py: Python<'py>,
+        close_notify: &mut bool,
+    ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+        let cap = self.pending_input(py)?.min(MAX_READ);
+        if cap == 0 {
+            return Ok((None, false));
+        }
+        // SAFETY: a NULL source asks for an uninitialised bytes object of `cap` bytes;
+        // the result is a new reference or NULL with an exception set.
+        let obj = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as isize),
+            )?
+        };
+        // SAFETY: `obj` is a live bytes object of `cap` bytes.
+        let base = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) };
+        let read = self.engine.ssl_read.bind(py);
+        let mut filled = 0usize;
+        let mut more = false;
+        while filled < cap {
+            // SAFETY: a writable view of the unfilled tail of `obj`, which nothing else can
+            // see yet; the view is released before `obj` is resized or shared.
+            let view = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    pyo3::ffi::PyMemoryView_FromMemory(
+                        base.add(filled),
+                        (cap - filled) as isize,
+                        pyo3::ffi::PyBUF_WRITE,
+                    ),
+                )?
+            };
+            let result = read.call1((cap - filled, &view));
+            // SAFETY: `view` is a live object we hold a reference to.
+            if unsafe { pyo3::ffi::Py_REFCNT(view.as_ptr()) } > 1 {
+                view.call_method0(intern!(py, "release"))?;
+            }
+            drop(view);
+            match result {
+                Ok(n) => {
+                    let n: usize = n.extract()?;
+                    if n == 0 {
+                        *close_notify = true;
+                        break;
+                    }
+                    filled += n;
+                    if self.drained(py)? {
+                        break;
+                    }
+                    more = true;
+                }
+                Err(e) if is_again(py, &e)? => {
+                    more = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok((None, false));
+        }
+        let mut ptr = obj.into_ptr();
+        if filled < cap {
+            // SAFETY: `ptr` is the only reference to a bytes object that has not been
+            // shared, as _PyBytes_Resize requires; on failure it frees the object, sets
+            // an exception and NULLs the pointer.
+            if unsafe { crate::handles::stream::bytes_resize(&mut ptr, filled) } != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        // SAFETY: `ptr` is a new reference to a bytes object.
+        let bytes = unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked::<PyBytes>() };
+        Ok((Some(bytes), more && filled == cap))
     }
 
     fn do_read_buffered(slf: &Bound<'_, Self>) -> PyResult<()> {
