@@ -14,11 +14,20 @@ rloop.
 
     python benchmarks/http_bench.py                       # 3 rounds x 10 s
     python benchmarks/http_bench.py --rounds 1 --duration 3 --json out.json
+    python benchmarks/http_bench.py --tls --rounds 3 --duration 5   # HTTPS
     python benchmarks/http_bench.py --smoke               # every loop once, ~1 s each: for CI
+    python benchmarks/http_bench.py --smoke --tls         # the same over HTTPS
+
+`--tls` serves HTTPS instead: uvicorn gets `ssl_certfile`/`ssl_keyfile` (its own context:
+`PROTOCOL_TLS_SERVER`, the same on every loop) with a certificate made for the run in a
+temporary directory (see tls_certs.py), and wrk loads https://127.0.0.1:<port>/. wrk keeps
+its connections open, so each run does one TLS 1.3 handshake per connection (16 in 10 s)
+and the rest is request/response over TLS. A loop whose `create_server` cannot do TLS is
+reported as `unsupported` (rloop 0.5 raises NotImplementedError for `ssl=`).
 
 wrk must be on PATH; `--install-wrk` lets the script run `apt-get install -y wrk` when it is
 missing and the script runs as root. A loop that is not installed is skipped with a note;
-the exit status is non-zero only when asyncio or oxio failed to serve.
+the exit status is non-zero only when asyncio or oxio failed to serve (TLS included).
 """
 
 from __future__ import annotations
@@ -44,12 +53,15 @@ sys.path.insert(0, str(HERE))
 
 from loops import LOOP_NAMES, loop_factory, loop_version  # noqa: E402
 from server_process import Server, ServerFailed  # noqa: E402
+from tls_certs import Certificate, certificate_if, client_context  # noqa: E402
 
 REFERENCE_LOOPS = ("uvloop", "rloop")
 MUST_SERVE = ("asyncio", "oxio")
 BODY = b"Hello, World!"
 CHECK_TIMEOUT = 5.0
 APT_TIMEOUT = 600.0
+# In the last line of a server whose loop cannot serve TLS; reported as unsupported.
+TLS_UNSUPPORTED = "TLS is not supported"
 
 
 def log(message: str) -> None:
@@ -76,9 +88,10 @@ async def hello_app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 
 
-def serve(loop_name: str, cpu: int | None) -> int:
-    """Binds 127.0.0.1:0, prints `LISTENING <port>`, serves until SIGTERM or until the
-    parent closes our stdin."""
+def serve(loop_name: str, cpu: int | None, certfile: str | None, keyfile: str | None) -> int:
+    """Binds 127.0.0.1:0, starts uvicorn on it (over TLS with `certfile`), prints
+    `LISTENING <port>` once uvicorn has started, serves until SIGTERM or until the parent
+    closes our stdin."""
     import asyncio
     import socket
 
@@ -92,7 +105,13 @@ def serve(loop_name: str, cpu: int | None) -> int:
         return 2
 
     def orphan_guard() -> None:  # the parent went away without stopping us
-        sys.stdin.buffer.read()
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside a buffered
+        # reader holds its lock, which is fatal if the interpreter shuts down meanwhile.
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            return
         os._exit(0)
 
     threading.Thread(target=orphan_guard, daemon=True).start()
@@ -102,10 +121,11 @@ def serve(loop_name: str, cpu: int | None) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
+    port = sock.getsockname()[1]  # now: a loop may detach the socket object when serving
     config = uvicorn.Config(
         hello_app,
         host="127.0.0.1",
-        port=sock.getsockname()[1],
+        port=port,
         loop="none",
         http="httptools",
         ws="none",
@@ -113,13 +133,30 @@ def serve(loop_name: str, cpu: int | None) -> int:
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=1,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
     server = uvicorn.Server(config)
+
+    async def run() -> None:
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(f"LISTENING {port}", flush=True)
+        await serving
+
     loop = factory()
     asyncio.set_event_loop(loop)
-    print(f"LISTENING {sock.getsockname()[1]}", flush=True)
     try:
-        loop.run_until_complete(server.serve(sockets=[sock]))
+        loop.run_until_complete(run())
+    except NotImplementedError:
+        if certfile is None:
+            raise
+        print(
+            f"http_bench: {TLS_UNSUPPORTED} by {loop_name} (NotImplementedError)", file=sys.stderr
+        )
+        return 3
     finally:
         sock.close()
         loop.close()
@@ -188,7 +225,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 def run_wrk(args: argparse.Namespace, wrk: str, port: int, duration: int) -> dict[str, Any]:
     argv = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"]
-    argv.append(f"http://127.0.0.1:{port}/")
+    argv.append(f"{'https' if args.tls else 'http'}://127.0.0.1:{port}/")
     if args.client_cpu is not None:
         argv = ["taskset", "-c", str(args.client_cpu), *argv]
     timeout = duration + 30.0
@@ -207,14 +244,29 @@ def run_wrk(args: argparse.Namespace, wrk: str, port: int, duration: int) -> dic
     return result
 
 
-def check_response(port: int) -> None:
-    """One request before the load: the server must answer exactly what the app says."""
-    import urllib.request
+def check_response(port: int, cert: Certificate | None) -> str | None:
+    """One request before the load: the server must answer exactly what the app says.
+    Over TLS, returns the negotiated protocol and cipher suite."""
+    import http.client
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=CHECK_TIMEOUT) as resp:
+    conn: http.client.HTTPConnection
+    if cert is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CHECK_TIMEOUT)
+    else:
+        context = client_context(cert)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=CHECK_TIMEOUT, context=context
+        )
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200 or body != BODY:
             raise RuntimeError(f"bad response: {resp.status} {body[:60]!r}")
+        cipher = conn.sock.cipher() if cert is not None else None
+        return f"{cipher[1]} {cipher[0]}" if cipher else None
+    finally:
+        conn.close()
 
 
 def measure(
@@ -223,10 +275,12 @@ def measure(
     argv = [args.python, str(Path(__file__).resolve()), "--serve", loop]
     if args.server_cpu is not None:
         argv += ["--cpu", str(args.server_cpu)]
+    if args.cert is not None:
+        argv += ["--certfile", str(args.cert.certfile), "--keyfile", str(args.cert.keyfile)]
     server = Server(argv, tmp / f"{loop}.err")
     try:
         try:
-            check_response(int(server.where))
+            tls = check_response(int(server.where), args.cert)
             if args.warmup:
                 run_wrk(args, wrk, int(server.where), args.warmup)
             result = run_wrk(args, wrk, int(server.where), args.duration)
@@ -236,6 +290,8 @@ def measure(
         if not server.alive():
             raise RuntimeError(f"server exited: {server.error()}")
         result["round"] = round_no
+        if tls:
+            result["tls"] = tls
         return result
     finally:
         server.stop()
@@ -245,7 +301,13 @@ def fmt_latency(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
-def table(results: dict[str, list[dict[str, Any]]], loops: list[str]) -> str:
+def unsupported(failures: list[str]) -> bool:
+    return bool(failures) and all(TLS_UNSUPPORTED in why for why in failures)
+
+
+def table(
+    results: dict[str, list[dict[str, Any]]], failures: dict[str, list[str]], loops: list[str]
+) -> str:
     def best(loop: str) -> dict[str, Any] | None:
         return max(results.get(loop, []), key=lambda r: r["rps"], default=None)
 
@@ -258,7 +320,8 @@ def table(results: dict[str, list[dict[str, Any]]], loops: list[str]) -> str:
     for loop in loops:
         top = best(loop)
         if top is None:
-            lines.append(f"| {loop} | FAILED | - | - | - |")
+            status = "unsupported" if unsupported(failures.get(loop, [])) else "FAILED"
+            lines.append(f"| {loop} | {status} | - | - | - |")
             continue
         rates = [r["rps"] for r in results[loop]]
         spread = f"{len(rates)} ({min(rates):,.0f}-{max(rates):,.0f})"
@@ -293,8 +356,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--smoke", action="store_true", help="every loop once, ~1 s (CI)")
     parser.add_argument("--install-wrk", action="store_true", help="apt-get it if missing")
+    parser.add_argument("--tls", action="store_true", help="serve and load HTTPS")
     parser.add_argument("--serve", metavar="LOOP", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--certfile", help=argparse.SUPPRESS)
+    parser.add_argument("--keyfile", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.loops = [name.strip() for name in args.loops.split(",") if name.strip()]
     for name in args.loops:
@@ -310,7 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.cpu)
+        return serve(args.serve, args.cpu, args.certfile, args.keyfile)
 
     started = time.monotonic()
     wrk = ensure_wrk(args.install_wrk)
@@ -336,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, list[str]] = {name: [] for name in loops}
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="oxio-http-") as tmp:
+        args.cert = certificate_if(args.tls, Path(tmp), "http_bench.py", log)
         for round_no in range(1, args.rounds + 1):
             order = list(loops)
             rng.shuffle(order)
@@ -345,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = measure(args, wrk, loop, Path(tmp), round_no)
                 except (ServerFailed, RuntimeError, OSError, subprocess.SubprocessError) as e:
                     failures[loop].append(str(e))
-                    log(f"  {loop}: FAILED: {e}")
+                    status = "unsupported" if unsupported([str(e)]) else "FAILED"
+                    log(f"  {loop}: {status}: {e}")
                     continue
                 results[loop].append(result)
                 log(f"  {loop}: {result['rps']:,.0f} req/s, p99 {fmt_latency(result['p99_us'])}")
@@ -362,11 +430,20 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{name} {version}" for name, version in versions.items())
         + f" · {wrk_version}\n"
     )
-    print(table(results, loops))
+    print(table(results, failures, loops))
     for loop in loops:
         if not results[loop]:
             why = failures[loop][0] if failures[loop] else "no result"
-            notes.append(f"FAILED {loop}: {why}")
+            status = "unsupported" if unsupported(failures[loop]) else "FAILED"
+            notes.append(f"{status} {loop}: {why}")
+    if args.tls:
+        seen = sorted({r["tls"] for rounds in results.values() for r in rounds if "tls" in r})
+        verified = "verified" if args.cert.verifiable else "not verified"
+        notes.append(
+            f"HTTPS: {', '.join(seen) or 'no handshake completed'} (negotiated by the check "
+            f"request's OpenSSL client; wrk's OpenSSL has the same defaults); certificate: "
+            f"{args.cert.origin} ({verified} by the check request)"
+        )
     if notes:
         print()
         for note in notes:
@@ -378,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         pinned = f"server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}"
     print(
         f"\n{args.rounds} round(s) x {args.duration} s (+{args.warmup} s warm-up), "
+        f"{'HTTPS' if args.tls else 'HTTP'}, "
         f"wrk -t{args.threads} -c{args.connections}, {pinned}; best round per loop; "
         f"{elapsed:.0f} s in all."
     )
@@ -390,7 +468,12 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 "versions": versions,
                 "wrk": wrk_version,
-                "args": {k: v for k, v in vars(args).items() if k not in ("json", "serve")},
+                "args": {
+                    k: v
+                    for k, v in vars(args).items()
+                    if k not in ("json", "serve", "cert", "certfile", "keyfile")
+                },
+                "tls_certificate": args.cert.origin if args.cert else None,
                 "notes": notes,
             },
             "loops": {

@@ -14,13 +14,28 @@ Servers run in shuffled order in each of `--rounds` rounds; each row reports its
 (highest rps). Ratios are against the best of uvloop and rloop for the same row, and against
 the ceiling for the same size.
 
+TLS rows (`--tls`): the `--tls-kinds` servers (default protocol and streams) serve TLS 1.3
+over TCP (`ssl=` an SSLContext, the same for every loop: see tls_certs.py) at the
+`--tls-sizes` (default 1 KiB and 64 KiB), and the load generator runs the same echo as a
+rustls client (`oxio-loadgen --tls`). The certificate is made for the run in a temporary
+directory (ECDSA P-256, with the openssl command line; see tls_certs.py for the fallbacks)
+and the load generator verifies it. Every connection's handshake completes before the
+warm-up, so rps counts echo round trips only; the server CPU column includes the
+handshakes (one per connection). Each TLS server first gets a short, unmeasured TLS echo
+(see prime_tls: without it uvloop serves a fresh process's first TLS connections four
+times slower than later ones, an effect of glibc's mmap threshold). There is no TLS
+ceiling (`vs ceiling` is `-`). A loop that cannot serve TLS is reported as `unsupported`
+(rloop 0.5 raises NotImplementedError for `ssl=`).
+
     python benchmarks/net.py                    # the full run (about 10 minutes)
     python benchmarks/net.py --rounds 1 --duration 2 --loops asyncio,uvloop
-    python benchmarks/net.py --smoke            # every row once, tiny: for CI
+    python benchmarks/net.py --tls --kinds protocol,streams --sizes 1024,65536 --no-connrate
+    python benchmarks/net.py --tls-only         # TLS rows only (about 3 minutes)
+    python benchmarks/net.py --smoke            # every row once, tiny, one TLS row: for CI
 
 A loop that is not installed is skipped with a note; a server that fails to start, or a run
 that fails, is reported as FAILED. The exit status is non-zero only when an asyncio row or a
-ceiling row failed (or the load generator cannot be built).
+ceiling row failed (or the load generator cannot be built, or no certificate can be made).
 """
 
 from __future__ import annotations
@@ -45,12 +60,17 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from loops import LOOP_NAMES, loop_version  # noqa: E402
-from net_servers import KINDS  # noqa: E402
+from net_servers import KINDS, TLS_KINDS, TLS_UNSUPPORTED  # noqa: E402
 from server_process import Server, ServerFailed  # noqa: E402
+from tls_certs import certificate_if  # noqa: E402
 
 CEILING = "ceiling"
 CONNRATE = "connrate"
 SIZES = (1024, 64 * 1024, 1024 * 1024)
+TLS_DEFAULT_KINDS = ("protocol", "streams")
+TLS_SIZES = (1024, 64 * 1024)
+# Table order of the transports: TLS rows right after the plain TCP rows they compare with.
+TRANSPORTS = ("tcp", "tls", "unix")
 REFERENCE_LOOPS = ("uvloop", "rloop")
 CARGO_METADATA_TIMEOUT = 120.0
 CARGO_BUILD_TIMEOUT = 1800.0
@@ -127,7 +147,7 @@ def native_binaries(force_build: bool) -> tuple[Path, Path]:
 @dataclass
 class Row:
     kind: str  # a server kind, or "connrate"
-    transport: str  # "tcp" or "unix"
+    transport: str  # "tcp", "unix", or "tls" (TLS over TCP)
     size: int  # message size; 0 for connrate
     loop: str  # a loop name, or "ceiling"
     rounds: list[dict[str, Any]] = field(default_factory=list)
@@ -139,6 +159,18 @@ class Row:
 
     def best(self) -> dict[str, Any] | None:
         return max(self.rounds, key=lambda r: r["rps"], default=None)
+
+    def unsupported(self) -> bool:
+        """No round, and every failure says the loop cannot serve TLS."""
+        return (
+            not self.rounds
+            and bool(self.failures)
+            and all(TLS_UNSUPPORTED in why for why in self.failures)
+        )
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.transport == "tcp" else f"{self.kind} ({self.transport})"
 
 
 @dataclass
@@ -161,11 +193,45 @@ def size_label(size: int) -> str:
     return f"{size} B"
 
 
+def tls_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--tls", "--server-name", "localhost"]
+    if args.cert.verifiable:
+        flags += ["--ca", str(args.cert.certfile)]
+    return flags
+
+
+def prime_tls(args: argparse.Namespace, loadgen: Path, port: str) -> None:
+    """A short TLS echo on `--conns` connections before a TLS server's measured rows, not
+    counted.
+
+    uvloop (0.23) reads TLS data with `SSLObject.read(256 KiB)`: a 256 KiB allocation per
+    read, then shrunk to the data's size. In a fresh process glibc's mmap threshold is still
+    128 KiB, so every such read costs an mmap, an mremap and a munmap (page faults, TLB
+    flushes: 4x the server CPU of a 1 KiB echo); the threshold rises only once a large
+    mmapped block is freed whole, as a closed connection's buffers are. Without priming,
+    each round's first TLS row measured that start-up state on uvloop (with
+    MALLOC_MMAP_THRESHOLD_ at 1 MiB its first connections are as fast as later ones). One
+    priming connection was not always enough, hence `--conns`. It does nothing measurable
+    to the other loops. A failure here shows in the row after.
+    """
+    argv = [str(loadgen), "--addr", f"127.0.0.1:{port}", *tls_flags(args)]
+    argv += ["--conns", str(args.conns), "--size", "1024", "--duration", "0.2"]
+    argv += ["--max-requests", "100"]
+    if args.client_cpu is not None:
+        argv += ["--cpu", str(args.client_cpu)]
+    try:
+        subprocess.run(argv, capture_output=True, timeout=20.0)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def run_loadgen(
     args: argparse.Namespace, loadgen: Path, where: str, transport: str, row: Row
 ) -> dict[str, Any]:
     argv = [str(loadgen), "--unix" if transport == "unix" else "--addr"]
     argv.append(where if transport == "unix" else f"127.0.0.1:{where}")
+    if transport == "tls":
+        argv += tls_flags(args)
     argv += ["--conns", str(args.conns), "--duration", str(args.duration)]
     argv += ["--warmup", str(args.warmup)]
     if row.kind == CONNRATE:
@@ -201,6 +267,8 @@ def server_argv(args: argparse.Namespace, ceiling: Path, unit: Unit, sock: Path)
         argv = [args.python, str(HERE / "net_servers.py"), "--loop", unit.loop]
         argv += ["--kind", unit.kind]
         argv += ["--unix", str(sock)] if unit.transport == "unix" else ["--port", "0"]
+        if unit.transport == "tls":
+            argv += ["--certfile", str(args.cert.certfile), "--keyfile", str(args.cert.keyfile)]
     if args.server_cpu is not None:
         argv += ["--cpu", str(args.server_cpu)]
     return argv
@@ -215,11 +283,17 @@ def run_unit(
         server = Server(server_argv(args, ceiling, unit, sock), tmp / "server.err", cwd=ROOT)
     except (ServerFailed, OSError) as e:
         note = f"server failed to start: {e}"
-        log(f"  round {round_no}: {label}: {note}")
+        if TLS_UNSUPPORTED in note:
+            log(f"  round {round_no}: {label}: unsupported: {TLS_UNSUPPORTED} by {unit.loop}")
+            note = str(e).split("net_servers: ", 1)[-1]
+        else:
+            log(f"  round {round_no}: {label}: {note}")
         for row in unit.jobs:
             row.failures.append(note)
         return
     try:
+        if unit.transport == "tls":
+            prime_tls(args, loadgen, server.where)
         for row in unit.jobs:
             what = "connrate" if row.kind == CONNRATE else size_label(row.size)
             if not server.alive():
@@ -254,22 +328,26 @@ def plan(args: argparse.Namespace, loops: list[str]) -> tuple[list[Unit], list[R
     units: list[Unit] = []
     rows: list[Row] = []
 
-    def add(loop: str, kind: str, transport: str, connrate: bool) -> None:
-        jobs = [Row(kind, transport, size, loop) for size in args.sizes]
+    def add(loop: str, kind: str, transport: str, sizes: list[int], connrate: bool) -> None:
+        jobs = [Row(kind, transport, size, loop) for size in sizes]
         if connrate:
             jobs.append(Row(CONNRATE, transport, 0, loop))
         units.append(Unit(loop, kind, transport, jobs))
         rows.extend(jobs)
 
-    transports = ["tcp", "unix"] if args.unix else ["tcp"]
+    transports = [] if args.tls_only else ["tcp", "unix"] if args.unix else ["tcp"]
     for transport in transports:
         for loop in loops:
             for kind in args.kinds:
                 if transport == "unix" and args.smoke and kind != "protocol":
                     continue
-                add(loop, kind, transport, args.connrate and kind == "protocol")
+                add(loop, kind, transport, args.sizes, args.connrate and kind == "protocol")
         if args.ceiling:
-            add(CEILING, "native", transport, args.connrate)
+            add(CEILING, "native", transport, args.sizes, args.connrate)
+    if args.tls:
+        for loop in loops:
+            for kind in args.tls_kinds:
+                add(loop, kind, "tls", args.tls_sizes, False)
     return units, rows
 
 
@@ -296,17 +374,16 @@ def table(rows: list[Row], loops: list[str]) -> str:
     kind_order = {name: i for i, name in enumerate([*KINDS, "native", CONNRATE])}
     kinds = sorted(
         {(row.kind, row.transport) for row in rows},
-        key=lambda kt: (kt[1], kind_order.get(kt[0], 99)),
+        key=lambda kt: (TRANSPORTS.index(kt[1]), kind_order.get(kt[0], 99)),
     )
     for kind, transport in kinds:
         group = [r for r in rows if (r.kind, r.transport) == (kind, transport)]
         group.sort(key=lambda r: (r.size, order.get(r.loop, 99)))
         for row in group:
-            label = row.kind if transport == "tcp" else f"{row.kind} (unix)"
-            cells = [label, size_label(row.size), row.loop]
+            cells = [row.label, size_label(row.size), row.loop]
             best = row.best()
             if best is None:
-                cells += ["FAILED", "", "", "", "", ""]
+                cells += ["unsupported" if row.unsupported() else "FAILED", "", "", "", "", ""]
             else:
                 refs = [best_rps(row.kind, transport, row.size, loop) for loop in REFERENCE_LOOPS]
                 ref = max((r for r in refs if r), default=None)
@@ -339,6 +416,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="bytes, comma list")
     parser.add_argument("--unix", action="store_true", help="also run over Unix sockets")
+    parser.add_argument("--tls", action="store_true", help="also run TLS rows (TLS over TCP)")
+    parser.add_argument("--tls-only", action="store_true", help="run the TLS rows only")
+    parser.add_argument(
+        "--tls-kinds", default=",".join(TLS_DEFAULT_KINDS), help="server kinds of the TLS rows"
+    )
+    parser.add_argument(
+        "--tls-sizes", default=",".join(map(str, TLS_SIZES)), help="TLS message sizes, bytes"
+    )
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
     parser.add_argument("--no-connrate", dest="connrate", action="store_false")
     parser.add_argument("--server-cpu", type=int, default=0)
@@ -349,23 +434,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build", action="store_true", help="rebuild the load generator")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
-        "--smoke", action="store_true", help="every row once, tiny (CI); Unix rows included"
+        "--smoke",
+        action="store_true",
+        help="every row once, tiny (CI); Unix rows and one TLS row per loop included",
     )
     args = parser.parse_args(argv)
     args.loops = [name for name in args.loops.split(",") if name]
     args.kinds = [name for name in args.kinds.split(",") if name]
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.tls_kinds = [name for name in args.tls_kinds.split(",") if name]
+    args.tls_sizes = [int(s) for s in args.tls_sizes.split(",") if s]
     for name in args.loops:
         if name not in LOOP_NAMES:
             parser.error(f"unknown loop {name!r}; choose from {', '.join(LOOP_NAMES)}")
     for name in args.kinds:
         if name not in KINDS:
             parser.error(f"unknown kind {name!r}; choose from {', '.join(KINDS)}")
+    for name in args.tls_kinds:
+        if name not in TLS_KINDS:
+            parser.error(f"--tls-kinds: {name!r} cannot serve TLS; choose from {TLS_KINDS}")
+    if any(size <= 0 for size in [*args.sizes, *args.tls_sizes]):
+        parser.error("sizes must be positive")
+    args.tls = args.tls or args.tls_only
     if args.smoke:
         args.rounds, args.duration, args.warmup = 1, 0.3, 0.0
         args.max_requests = args.max_requests or 50
         args.conns = min(args.conns, 4)
         args.unix = True
+        if not args.tls:
+            args.tls, args.tls_kinds, args.tls_sizes = True, ["protocol"], [1024]
     if not (1 <= args.rounds <= 100 and 0 < args.duration <= 600 and 0 <= args.warmup <= 60):
         parser.error("--rounds 1..100, --duration 0..600 s, --warmup 0..60 s")
     if not (1 <= args.conns <= 1000):
@@ -402,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     units, rows = plan(args, loops)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="oxio-net-") as tmp:
+        args.cert = certificate_if(args.tls, Path(tmp), "net.py", log)
         for round_no in range(1, args.rounds + 1):
             order = list(units)
             rng.shuffle(order)
@@ -411,16 +509,24 @@ def main(argv: list[str] | None = None) -> int:
 
     report = table(rows, loops)
     print(report)
-    failed: dict[tuple[str, str], list[str]] = {}
+    failed: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         if row.best() is None:
             why = row.failures[0] if row.failures else "no result"
-            what = row.kind if row.transport == "tcp" else f"{row.kind} (unix)"
+            what = row.label
             if row.kind != CONNRATE:
                 what += f" {size_label(row.size)}"
-            failed.setdefault((row.loop, why), []).append(what)
-    for (loop, why), what in failed.items():
-        notes.append(f"FAILED {loop}: {', '.join(what)}: {why}")
+            status = "unsupported" if row.unsupported() else "FAILED"
+            failed.setdefault((status, row.loop, why), []).append(what)
+    for (status, loop, why), what in failed.items():
+        notes.append(f"{status} {loop}: {', '.join(what)}: {why}")
+    if args.tls:
+        suites = sorted({r["tls"] for row in rows for r in row.rounds if r.get("tls")})
+        verified = "verified" if args.cert.verifiable else "not verified"
+        notes.append(
+            f"TLS rows: {', '.join(suites) or 'no handshake completed'}; certificate: "
+            f"{args.cert.origin} ({verified} by the load generator); handshakes not timed"
+        )
     if notes:
         print()
         for note in notes:
@@ -440,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "versions": {name: loop_version(name) for name in loops},
-            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "cert")},
+            "tls_certificate": args.cert.origin if args.cert else None,
             "notes": notes,
         }
         data = {

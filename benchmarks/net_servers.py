@@ -3,6 +3,7 @@ chosen event loop.
 
     python benchmarks/net_servers.py --loop {asyncio,uvloop,rloop,oxio} --kind KIND
         [--host 127.0.0.1] [--port 0 | --unix PATH] [--cpu N]
+        [--certfile PEM [--keyfile PEM]]
 
 Kinds:
   protocol     asyncio.Protocol, echoing in data_received
@@ -15,6 +16,12 @@ Kinds:
 
 Every kind closes a connection once the client has finished sending and everything has
 been echoed (which is what `oxio-loadgen --mode connrate` waits for).
+
+TLS: `--certfile` (and `--keyfile`, when the key is in a file of its own) makes every kind
+but `sockets` serve TLS: `loop.create_server(..., ssl=ctx)` or `asyncio.start_server(...,
+ssl=ctx)`, with the same context on every loop (tls_certs.server_context: TLS 1.3 only,
+OpenSSL's default TLS 1.3 cipher suites). A loop whose servers cannot do TLS (it raises
+NotImplementedError) makes the server fail with a last line saying `TLS is not supported`.
 
 Prints `LISTENING <port>` (or `LISTENING <path>`) on stdout once serving. Stops on SIGTERM,
 SIGINT, or end-of-file on stdin, so run it with stdin connected to a pipe (or a terminal);
@@ -29,16 +36,23 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from loops import LOOP_NAMES, loop_factory
+from tls_certs import server_context
 
 KINDS = ("protocol", "buffered", "streams", "sockets", "header_body")
+# The kinds that can serve TLS (`sockets` works on raw sockets).
+TLS_KINDS = ("protocol", "buffered", "streams", "header_body")
+# In the failure line of a loop that cannot serve TLS; net.py reports it as unsupported.
+TLS_UNSUPPORTED = "TLS is not supported"
 READ_SIZE = 256 * 1024
 HEADER_SIZE = 16
 BACKLOG = 1024
@@ -146,6 +160,10 @@ class _TaskCloser:
         self.sock.close()
 
 
+class TLSUnsupported(Exception):
+    pass
+
+
 async def start(kind: str, args: argparse.Namespace) -> tuple[Any, str]:
     """Starts serving; returns (a thing to close, what to print after LISTENING)."""
     loop = asyncio.get_running_loop()
@@ -155,22 +173,32 @@ async def start(kind: str, args: argparse.Namespace) -> tuple[Any, str]:
         sock = listening_socket(args)
         task = loop.create_task(serve_sockets(loop, sock))
         return _TaskCloser(task, sock), args.unix or str(sock.getsockname()[1])
+    tls: ssl.SSLContext | None = None
+    if args.certfile:
+        tls = server_context(args.certfile, args.keyfile)
+    options: dict[str, Any] = {"backlog": BACKLOG, "ssl": tls}
     server: Any
-    if kind == "streams":
-        if args.unix:
-            server = await asyncio.start_unix_server(stream_echo, args.unix, backlog=BACKLOG)
+    try:
+        if kind == "streams":
+            if args.unix:
+                server = await asyncio.start_unix_server(stream_echo, args.unix, **options)
+            else:
+                server = await asyncio.start_server(stream_echo, args.host, args.port, **options)
         else:
-            server = await asyncio.start_server(stream_echo, args.host, args.port, backlog=BACKLOG)
-        return server, args.unix or str(server.sockets[0].getsockname()[1])
-    factories: dict[str, Callable[[], asyncio.BaseProtocol]] = {
-        "protocol": EchoProtocol,
-        "buffered": EchoBufferedProtocol,
-        "header_body": HeaderBodyProtocol,
-    }
-    if args.unix:
-        server = await loop.create_unix_server(factories[kind], args.unix, backlog=BACKLOG)
-    else:
-        server = await loop.create_server(factories[kind], args.host, args.port, backlog=BACKLOG)
+            factories: dict[str, Callable[[], asyncio.BaseProtocol]] = {
+                "protocol": EchoProtocol,
+                "buffered": EchoBufferedProtocol,
+                "header_body": HeaderBodyProtocol,
+            }
+            if args.unix:
+                server = await loop.create_unix_server(factories[kind], args.unix, **options)
+            else:
+                server = await loop.create_server(factories[kind], args.host, args.port, **options)
+    except NotImplementedError as e:
+        if tls is None:
+            raise
+        why = f"NotImplementedError: {e}" if str(e) else "NotImplementedError"
+        raise TLSUnsupported(f"{TLS_UNSUPPORTED} by {args.loop} ({why})") from e
     return server, args.unix or str(server.sockets[0].getsockname()[1])
 
 
@@ -229,7 +257,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
     parser.add_argument("--cpu", type=int, help="pin the process to this CPU")
-    return parser.parse_args(argv)
+    parser.add_argument("--certfile", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--keyfile", type=Path, help="its private key (default: in --certfile)")
+    args = parser.parse_args(argv)
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    if args.certfile and args.kind not in TLS_KINDS:
+        parser.error(f"--kind {args.kind} cannot serve TLS; choose from {', '.join(TLS_KINDS)}")
+    if args.certfile and not args.keyfile:
+        args.keyfile = args.certfile
+    return args
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 //! one stream type over TCP and Unix sockets, and a latency histogram.
 //!
 //! Two binaries use them: `oxio-loadgen` (the load generator, `src/main.rs`) and
-//! `echo-ceiling` (a one-thread native echo server, `src/bin/echo-ceiling.rs`).
+//! `echo-ceiling` (a one-thread native echo server, `src/bin/echo-ceiling.rs`). The load
+//! generator's TLS client lives in [`tls`].
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -14,14 +15,27 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
-/// Parsed `--name value` / `--name=value` flags. Every flag takes exactly one value.
+pub mod tls;
+
+/// Parsed `--name value` / `--name=value` flags, and `--name` switches that take no value.
 pub struct Flags {
     values: HashMap<String, String>,
 }
 
 impl Flags {
-    /// Parses `args` (without the program name), accepting only the flags in `known`.
+    /// Parses `args` (without the program name), accepting only the flags in `known`, each
+    /// with exactly one value.
     pub fn parse<I: IntoIterator<Item = String>>(args: I, known: &[&str]) -> Result<Flags, String> {
+        Flags::parse_with_switches(args, known, &[])
+    }
+
+    /// Like [`Flags::parse`], also accepting the value-less switches in `switches` (see
+    /// [`Flags::is_set`]).
+    pub fn parse_with_switches<I: IntoIterator<Item = String>>(
+        args: I,
+        known: &[&str],
+        switches: &[&str],
+    ) -> Result<Flags, String> {
         let mut values = HashMap::new();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -29,7 +43,11 @@ impl Flags {
                 return Err(format!("unexpected argument {arg:?}"));
             };
             let (name, value) = match body.split_once('=') {
+                Some((name, _)) if switches.contains(&name) => {
+                    return Err(format!("--{name} takes no value"));
+                }
                 Some((name, value)) => (name.to_string(), value.to_string()),
+                None if switches.contains(&body) => (body.to_string(), String::new()),
                 None => {
                     let value = args
                         .next()
@@ -37,7 +55,7 @@ impl Flags {
                     (body.to_string(), value)
                 }
             };
-            if !known.contains(&name.as_str()) {
+            if !known.contains(&name.as_str()) && !switches.contains(&name.as_str()) {
                 return Err(format!("unknown flag --{name}"));
             }
             if values.insert(name.clone(), value).is_some() {
@@ -47,8 +65,14 @@ impl Flags {
         Ok(Flags { values })
     }
 
+    /// The flag's value, if given.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
+    }
+
+    /// Whether the switch (or flag) was given.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.values.contains_key(name)
     }
 
     /// The flag parsed as `T`, or `default` when absent.
@@ -449,5 +473,19 @@ mod tests {
         assert_eq!(flags.parsed("other", 7usize).unwrap(), 7);
         assert!(Flags::parse(["--bogus", "1"].map(String::from), &["conns"]).is_err());
         assert!(Flags::parse(["--conns"].map(String::from), &["conns"]).is_err());
+    }
+
+    #[test]
+    fn flags_switches() {
+        let args = ["--tls", "--conns", "4"].map(String::from);
+        let flags = Flags::parse_with_switches(args, &["conns"], &["tls"]).unwrap();
+        assert!(flags.is_set("tls"));
+        assert_eq!(flags.parsed("conns", 0usize).unwrap(), 4);
+        let flags =
+            Flags::parse_with_switches(["--conns=1"].map(String::from), &["conns"], &["tls"]);
+        assert!(!flags.unwrap().is_set("tls"));
+        let valued = ["--tls=yes"].map(String::from);
+        assert!(Flags::parse_with_switches(valued, &["conns"], &["tls"]).is_err());
+        assert!(Flags::parse(["--tls"].map(String::from), &["conns"]).is_err());
     }
 }

@@ -31,17 +31,32 @@
 //! measured period (JSON printed either way).
 //!
 //! `--cpu N` pins the process to CPU N (sched_setaffinity) before it connects.
+//!
+//! TLS (echo mode only): `--tls` makes every connection a TLS 1.3 client session (rustls,
+//! ring provider, no session resumption) asking for `--server-name` (default `localhost`).
+//! With `--ca PATH` the server's certificate must chain to the PEM certificates in PATH;
+//! without it the certificate is not checked (the handshake signature still is). Every
+//! handshake completes before the run starts (bounded by 10 s), so none of it counts in
+//! the warm-up or the measurement: a round trip is still `--size` bytes of plaintext sent
+//! and the same `--size` bytes received back. The JSON line then also has
+//! `"tls":"<version> <cipher suite>"`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use oxio_loadgen::tls::{self, Connection, TlsStream};
 use oxio_loadgen::{pin_to_cpu, Flags, Histogram, Stream, Target};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 const USAGE: &str = "usage: oxio-loadgen (--addr HOST:PORT | --unix PATH) [--mode echo|connrate] \
-[--conns N] [--size BYTES] [--duration SECS] [--warmup SECS] [--max-requests N] [--cpu N]";
+[--conns N] [--size BYTES] [--duration SECS] [--warmup SECS] [--max-requests N] [--cpu N] \
+[--tls [--ca PATH] [--server-name NAME]]";
 const FLAGS: &[&str] = &[
     "addr",
     "unix",
@@ -52,11 +67,17 @@ const FLAGS: &[&str] = &[
     "warmup",
     "max-requests",
     "cpu",
+    "ca",
+    "server-name",
 ];
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["tls"];
 const MAX_SECS: f64 = 3600.0;
 const MAX_CONNS: usize = 10_000;
 const MAX_SIZE: usize = 1 << 30;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// All TLS handshakes together must complete within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Transient connect failures (port exhaustion, a full Unix backlog) retry after this long.
 const RETRY_DELAY: Duration = Duration::from_millis(1);
 /// A connrate run gives up after this many failed cycles plus connect retries.
@@ -78,10 +99,33 @@ struct Config {
     warmup: Duration,
     max_requests: u64,
     cpu: Option<usize>,
+    tls: Option<TlsSettings>,
+}
+
+/// What every TLS connection of a run is made with.
+struct TlsSettings {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+fn parse_tls(flags: &Flags, mode: Mode) -> Result<Option<TlsSettings>, String> {
+    if !flags.is_set("tls") {
+        return match ["ca", "server-name"].into_iter().find(|f| flags.is_set(f)) {
+            Some(name) => Err(format!("--{name} needs --tls")),
+            None => Ok(None),
+        };
+    }
+    if mode != Mode::Echo {
+        return Err("--tls works in echo mode only".into());
+    }
+    Ok(Some(TlsSettings {
+        config: tls::client_config(flags.get("ca").map(Path::new))?,
+        server_name: tls::server_name(flags.get("server-name").unwrap_or("localhost"))?,
+    }))
 }
 
 fn parse_config() -> Result<Config, String> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS)?;
+    let flags = Flags::parse_with_switches(std::env::args().skip(1), FLAGS, SWITCHES)?;
     let target = Target::from_flags(&flags, None)?;
     let mode = match flags.get("mode").unwrap_or("echo") {
         "echo" => Mode::Echo,
@@ -106,6 +150,7 @@ fn parse_config() -> Result<Config, String> {
         None => None,
         Some(_) => Some(flags.parsed("cpu", 0usize)?),
     };
+    let tls = parse_tls(&flags, mode)?;
     Ok(Config {
         target,
         mode,
@@ -115,6 +160,7 @@ fn parse_config() -> Result<Config, String> {
         warmup,
         max_requests,
         cpu,
+        tls,
     })
 }
 
@@ -130,6 +176,8 @@ struct Meter {
     measure_start: Instant,
     end: Instant,
     max_requests: u64,
+    /// The negotiated TLS version and cipher suite, in a TLS run.
+    tls: Option<String>,
 }
 
 impl Meter {
@@ -147,6 +195,7 @@ impl Meter {
             measure_start: now,
             end: warm_end + cfg.duration,
             max_requests: cfg.max_requests,
+            tls: None,
         }
     }
 
@@ -203,10 +252,14 @@ impl Meter {
             Mode::Echo => "echo",
             Mode::ConnRate => "connrate",
         };
+        let tls = match &self.tls {
+            Some(described) => format!(",\"tls\":\"{described}\""),
+            None => String::new(),
+        };
         format!(
             "{{\"requests\":{},\"seconds\":{:.6},\"rps\":{:.3},\"mib_per_s\":{:.3},\
 \"p50_us\":{:.3},\"p99_us\":{:.3},\"errors\":{},\"total_requests\":{},\"retries\":{},\
-\"mode\":\"{}\",\"conns\":{},\"size\":{}}}",
+\"mode\":\"{}\",\"conns\":{},\"size\":{}{}}}",
             self.requests,
             seconds,
             rps,
@@ -219,6 +272,7 @@ impl Meter {
             mode,
             cfg.conns,
             cfg.size,
+            tls,
         )
     }
 }
@@ -237,7 +291,7 @@ fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Res
 // echo mode
 
 struct EchoConn {
-    stream: Stream,
+    stream: Connection,
     sent: usize,
     received: usize,
     started: Instant,
@@ -356,14 +410,79 @@ fn connect_all(cfg: &Config, poll: &mut Poll, events: &mut Events) -> Result<Vec
     Ok(streams)
 }
 
+/// Starts a TLS session on every stream and waits (bounded) until every handshake is
+/// complete; returns the connections and the negotiated version and cipher suite.
+fn handshake_all(
+    settings: &TlsSettings,
+    streams: Vec<Stream>,
+    poll: &mut Poll,
+    events: &mut Events,
+) -> Result<(Vec<Connection>, String), String> {
+    let mut sessions = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let session = TlsStream::new(
+            stream,
+            settings.config.clone(),
+            settings.server_name.clone(),
+        )
+        .map_err(|e| format!("TLS: {e}"))?;
+        sessions.push(session);
+    }
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut done = vec![false; sessions.len()];
+    let mut pending = sessions.len();
+    let mut ready: Vec<usize> = (0..sessions.len()).collect();
+    loop {
+        for &i in &ready {
+            if done[i] {
+                continue;
+            }
+            if sessions[i]
+                .handshake()
+                .map_err(|e| format!("TLS handshake on connection {i}: {e}"))?
+            {
+                done[i] = true;
+                pending -= 1;
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "TLS: {pending} of {} handshakes still pending after {HANDSHAKE_TIMEOUT:?}",
+                sessions.len()
+            ));
+        }
+        poll_once(poll, events, deadline - now).map_err(|e| format!("poll: {e}"))?;
+        ready.clear();
+        ready.extend(events.iter().map(|event| event.token().0));
+    }
+    let described = sessions[0].describe().unwrap_or_else(|| "?".into());
+    let conns = sessions
+        .into_iter()
+        .map(|session| Connection::Tls(Box::new(session)))
+        .collect();
+    Ok((conns, described))
+}
+
 fn run_echo(cfg: &Config) -> Result<Meter, String> {
     let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let mut events = Events::with_capacity(1024);
     let streams = connect_all(cfg, &mut poll, &mut events)?;
+    let (streams, tls) = match &cfg.tls {
+        Some(settings) => {
+            let (conns, described) = handshake_all(settings, streams, &mut poll, &mut events)?;
+            (conns, Some(described))
+        }
+        None => (streams.into_iter().map(Connection::Plain).collect(), None),
+    };
     let message: Vec<u8> = (0..cfg.size).map(|i| (i % 251) as u8).collect();
     let mut scratch = vec![0u8; READ_CHUNK];
 
     let mut meter = Meter::new(cfg);
+    meter.tls = tls;
     let start = Instant::now();
     let mut conns: Vec<EchoConn> = streams
         .into_iter()
