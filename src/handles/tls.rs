@@ -526,8 +526,9 @@ impl TlsProtocol {
     fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let mut pending = this.outgoing_pending(py)?;
         let write = this.st.with(py, |s| {
-            if s.ssl_writing_paused {
+            if s.ssl_writing_paused || pending == 0 {
                 None
             } else {
                 opt_ref(&s.transport_write, py)
@@ -535,30 +536,33 @@ impl TlsProtocol {
         });
         if let Some(write) = write {
             let data = this.engine.outgoing_read.bind(py).call0()?;
-            if data
-                .cast::<PyBytes>()
-                .map_or(true, |b| !b.as_bytes().is_empty())
-            {
-                write.bind(py).call1((data,))?;
-            }
+            pending = 0;
+            write.bind(py).call1((data,))?;
         }
-        Self::control_app_writing(slf)
+        Self::control_app_writing_at(slf, pending + this.st.with(py, |s| s.write_buffer_size))
     }
 
-    fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        let pending: usize = self
-            .engine
+    fn outgoing_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.engine
             .outgoing
             .bind(py)
             .getattr(intern!(py, "pending"))?
-            .extract()?;
-        Ok(pending + self.st.with(py, |s| s.write_buffer_size))
+            .extract()
+    }
+
+    fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.outgoing_pending(py)? + self.st.with(py, |s| s.write_buffer_size))
     }
 
     fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let size = slf.get().write_buffer_size(slf.py())?;
+        Self::control_app_writing_at(slf, size)
+    }
+
+    /// Pauses or resumes the application's writing for a write buffer of `size` bytes.
+    fn control_app_writing_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size = this.write_buffer_size(py)?;
         let call = this.st.with(py, |s| {
             if size >= s.outgoing_high && !s.app_writing_paused {
                 s.app_writing_paused = true;
@@ -671,20 +675,17 @@ impl TlsProtocol {
         }
     }
 
-    /// True when neither the engine nor its input BIO holds anything more to read, so a
-    /// read would only raise `SSLWantReadError` (an exception per read is not free).
-    fn drained(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.pending_input(py)? == 0)
-    }
-
     /// Bytes waiting in the input BIO plus decrypted bytes the engine holds.
-    fn pending_input(&self, py: Python<'_>) -> PyResult<usize> {
-        let incoming: usize = self
-            .engine
+    fn incoming_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.engine
             .incoming
             .bind(py)
             .getattr(intern!(py, "pending"))?
-            .extract()?;
+            .extract()
+    }
+
+    fn pending_input(&self, py: Python<'_>) -> PyResult<usize> {
+        let incoming = self.incoming_pending(py)?;
         let buffered: usize = self
             .engine
             .sslobj
@@ -773,7 +774,9 @@ impl TlsProtocol {
                         break;
                     }
                     filled += n;
-                    if self.drained(py)? {
+                    // A read shorter than asked for used up its record, so the engine
+                    // holds nothing decrypted: only the input BIO can have more.
+                    if self.incoming_pending(py)? == 0 {
                         break;
                     }
                     more = true;
@@ -808,12 +811,7 @@ impl TlsProtocol {
         let Some(protocol) = this.app_protocol(py) else {
             return Ok(());
         };
-        let pending: usize = this
-            .engine
-            .incoming
-            .bind(py)
-            .getattr(intern!(py, "pending"))?
-            .extract()?;
+        let pending: usize = this.incoming_pending(py)?;
         let buf = protocol.call_method1(intern!(py, "get_buffer"), (pending,))?;
         let wants = buf.len()?;
         let read = this.engine.ssl_read.bind(py);
@@ -894,12 +892,7 @@ impl TlsProtocol {
     fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size: usize = this
-            .engine
-            .incoming
-            .bind(py)
-            .getattr(intern!(py, "pending"))?
-            .extract()?;
+        let size: usize = this.incoming_pending(py)?;
         let call = this.st.with(py, |s| {
             if size >= s.incoming_high && !s.ssl_reading_paused {
                 s.ssl_reading_paused = true;
@@ -1439,11 +1432,7 @@ impl TlsProtocol {
     }
 
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.engine
-            .incoming
-            .bind(py)
-            .getattr(intern!(py, "pending"))?
-            .extract()
+        self.incoming_pending(py)
     }
 
     /// The application transport's `_protocol_paused` (used by sendfile's fallback).
