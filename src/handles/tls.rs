@@ -722,14 +722,20 @@ impl TlsProtocol {
         Ok(())
     }
 
-    /// Decrypts what is waiting into one new `bytes`, filled in place: sized by the input
-    /// waiting (plaintext is never longer than its records), trimmed to what was read.
-    /// Returns the bytes (if any) and whether more may be waiting.
+    /// Decrypts into one new `bytes`, filled in place: sized by the input known to wait
+    /// (plaintext is never longer than its records), trimmed to what was read. Returns
+    /// the bytes (if any) and whether it filled up, so that more may be waiting.
     fn read_plaintext<'py>(
         &self,
         py: Python<'py>,
         close_notify: &mut bool,
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+        // With read-ahead off (Python never turns it on) the engine takes one record at a
+        // time from the BIO; the only input neither count shows is the start of a record
+        // it could not finish, and that cannot progress until the BIO has more. So "both
+        // counts are zero" means a read could only raise SSLWantReadError, and an
+        // exception per read is not free. A record finished from a short BIO tail yields
+        // more than the tail: the buffer fills, and the caller reads on.
         let cap = self.pending_input(py)?.min(MAX_READ);
         if cap == 0 {
             return Ok((None, false));
@@ -746,7 +752,7 @@ impl TlsProtocol {
         let base = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) };
         let read = self.engine.ssl_read.bind(py);
         let mut filled = 0usize;
-        let mut more = false;
+        let mut more = true;
         while filled < cap {
             // SAFETY: a writable view of the unfilled tail of `obj`, which nothing else can
             // see yet; the view is released before `obj` is resized or shared.
@@ -771,15 +777,14 @@ impl TlsProtocol {
                     let n: usize = n.extract()?;
                     if n == 0 {
                         *close_notify = true;
+                        more = false;
                         break;
                     }
                     filled += n;
-                    // A read shorter than asked for used up its record, so the engine
-                    // holds nothing decrypted: only the input BIO can have more.
-                    if self.incoming_pending(py)? == 0 {
+                    if filled < cap && self.pending_input(py)? == 0 {
+                        more = false;
                         break;
                     }
-                    more = true;
                 }
                 Err(e) if is_again(py, &e)? => {
                     more = false;
