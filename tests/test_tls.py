@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import logging
 import os
+import re
 import socket
 import ssl
 import struct
@@ -1683,3 +1685,27 @@ def test_records_split_anywhere_are_all_delivered(loop, piece):
         assert await asyncio.wait_for(app.received(len(message)), 5) == message
 
     run(loop, main())
+
+
+def test_debug_mode_logs_the_handshake(loop, caplog):
+    """In debug mode the TLS layer logs the handshake's start and its duration, as
+    asyncio's does."""
+    loop.set_debug(True)
+    loop.slow_callback_duration = 10  # only the handshake lines matter here
+
+    async def main():
+        server, port = await tls_server(loop)
+        try:
+            tr, pr = await loop.create_connection(
+                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
+            )
+            tr.close()
+            await pr.lost
+        finally:
+            await stop(server)
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        run(loop, main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("starts SSL handshake" in m for m in messages) >= 2  # client and server
+    assert any(re.search(r": SSL handshake took \d+\.\d ms", m) for m in messages)

@@ -78,6 +78,8 @@ struct State {
     waiter: Option<Py<PyAny>>,
     extra: Py<PyDict>,
     handshake_timer: Option<Py<PyAny>>,
+    /// `loop.time()` when the handshake started, in debug mode (for its log line).
+    handshake_start: Option<f64>,
     shutdown_timer: Option<Py<PyAny>>,
     write_backlog: VecDeque<Py<PyAny>>,
     write_buffer_size: usize,
@@ -138,6 +140,14 @@ impl TlsProtocol {
     fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.st
             .with(py, |s| s.transport.as_ref().map(|p| p.bind(py).clone()))
+    }
+
+    /// The loop's debug mode, asked of the loop object (as asyncio's layer does).
+    fn debug(&self, py: Python<'_>) -> PyResult<bool> {
+        self.lp
+            .bind(py)
+            .call_method0(intern!(py, "get_debug"))?
+            .is_truthy()
     }
 
     fn phase(&self, py: Python<'_>) -> Phase {
@@ -235,6 +245,15 @@ impl TlsProtocol {
     fn start_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if this.debug(py)? {
+            py_refs::logger(py)?.call_method1("debug", ("%r starts SSL handshake", slf))?;
+            let now: f64 = this
+                .lp
+                .bind(py)
+                .call_method0(intern!(py, "time"))?
+                .extract()?;
+            this.st.with(py, |s| s.handshake_start = Some(now));
+        }
         this.set_phase(py, Phase::Handshake)?;
         let timer = Self::call_later(
             slf,
@@ -289,6 +308,17 @@ impl TlsProtocol {
                 return this.wakeup_waiter(py, Some(&exc));
             }
         };
+        if let Some(start) = this.st.with(py, |s| s.handshake_start.take()) {
+            let now: f64 = this
+                .lp
+                .bind(py)
+                .call_method0(intern!(py, "time"))?
+                .extract()?;
+            py_refs::logger(py)?.call_method1(
+                "debug",
+                ("%r: SSL handshake took %.1f ms", slf, (now - start) * 1e3),
+            )?;
+        }
         let extra = this.st.with(py, |s| s.extra.clone_ref(py));
         let extra = extra.bind(py);
         extra.set_item(intern!(py, "peercert"), peercert)?;
@@ -1008,6 +1038,7 @@ impl TlsProtocol {
                 waiter,
                 extra: extra.unbind(),
                 handshake_timer: None,
+                handshake_start: None,
                 shutdown_timer: None,
                 write_backlog: VecDeque::new(),
                 write_buffer_size: 0,
@@ -1201,6 +1232,9 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         this.st.with(py, |s| s.eof_received = true);
+        if this.debug(py)? {
+            py_refs::logger(py)?.call_method1("debug", ("%r received EOF", slf))?;
+        }
         let result = (|| -> PyResult<Option<bool>> {
             match this.phase(py) {
                 Phase::Handshake => {
