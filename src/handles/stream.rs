@@ -750,23 +750,41 @@ impl StreamTransport {
             let bulk = data.as_bytes().len() >= BULK_READ;
             this.st.with(py, |s| s.bulk = bulk);
         }
+        Self::finish_read(
+            slf,
+            read,
+            |data| match this.protocol(py) {
+                Some(p) => p
+                    .call_method1(intern!(py, "data_received"), (data,))
+                    .map(drop),
+                None => Ok(()),
+            },
+            "Fatal error: protocol.data_received() call failed.",
+        )
+    }
+
+    /// asyncio's handling of a read's outcome: end of file goes to `eof_received`; data
+    /// goes to `deliver` (after asking for another readiness event when the read filled
+    /// its buffer), whose failure is fatal with `failed`; would-block waits; any other
+    /// error is fatal.
+    fn finish_read<T>(
+        slf: &Bound<'_, Self>,
+        read: std::io::Result<Option<(T, bool)>>,
+        deliver: impl FnOnce(T) -> PyResult<()>,
+        failed: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         match read {
             Ok(None) => Self::read_eof(slf),
             Ok(Some((data, full))) => {
                 if full {
-                    lp.request_rearm(py, this.fd);
+                    this.lp.get().request_rearm(py, this.fd);
                 }
-                let Some(protocol) = this.protocol(py) else {
-                    return Ok(());
-                };
-                match protocol.call_method1(intern!(py, "data_received"), (data,)) {
-                    Ok(_) => Ok(()),
+                match deliver(data) {
+                    Ok(()) => Ok(()),
                     Err(e) if errors::is_exit_exception(py, &e) => Err(e),
-                    Err(e) => Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.data_received() call failed.",
-                    ),
+                    Err(e) => Self::fatal_error(slf, e, failed),
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -816,62 +834,39 @@ impl StreamTransport {
         // exported (so neither moved nor freed) until `buf` is released below.
         let read = unsafe { socket_io::recv_raw(this.fd, buf.buf_ptr() as *mut u8, len) };
         drop(buf);
-        match read {
-            Ok(0) => Self::read_eof(slf),
-            Ok(n) => {
-                if n == len {
-                    this.lp.get().request_rearm(py, this.fd);
-                }
-                match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
-                    Ok(_) => Ok(()),
-                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
-                    Err(e) => Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    ),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
-        }
+        Self::finish_read(
+            slf,
+            read.map(|n| (n > 0).then_some((n, n == len))),
+            |n| {
+                protocol
+                    .call_method1(intern!(py, "buffer_updated"), (n,))
+                    .map(drop)
+            },
+            "Fatal error: protocol.buffer_updated() call failed.",
+        )
     }
 
     /// A read for the TLS layer: straight from the loop's buffer into its input BIO.
     fn read_ready_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let lp = this.lp.get();
-        let mut full = false;
-        let outcome: std::io::Result<Option<PyResult<()>>> = lp.with_read_buf(py, |buf| {
+        let read = this.lp.get().with_read_buf(py, |buf| {
             let n = socket_io::recv(this.fd, buf)?;
-            if n == 0 {
-                return Ok(None);
-            }
-            full = n == buf.len();
             // Only the copy into the BIO happens while the buffer is borrowed; the
             // protocol (which may call back into the loop) runs after.
-            Ok(Some(TlsProtocol::data_from_socket(tls, &buf[..n])))
+            Ok((n > 0).then(|| {
+                (
+                    TlsProtocol::data_from_socket(tls, &buf[..n]),
+                    n == buf.len(),
+                )
+            }))
         });
-        match outcome {
-            Ok(None) => Self::read_eof(slf),
-            Ok(Some(fed)) => {
-                if full {
-                    lp.request_rearm(py, this.fd);
-                }
-                match fed.and_then(|()| TlsProtocol::on_incoming(tls)) {
-                    Ok(()) => Ok(()),
-                    Err(e) if errors::is_exit_exception(py, &e) => Err(e),
-                    Err(e) => Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    ),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
-        }
+        Self::finish_read(
+            slf,
+            read,
+            |fed| fed.and_then(|()| TlsProtocol::on_incoming(tls)),
+            "Fatal error: protocol.buffer_updated() call failed.",
+        )
     }
 
     fn read_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
