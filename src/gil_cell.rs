@@ -55,6 +55,17 @@ impl<T> GilCell<T> {
         // returns or unwinds.
         f(unsafe { &mut *self.value.get() })
     }
+
+    /// A new reference to an optional object held in the value (cloning a reference
+    /// runs no Python code, so this is safe under the borrow).
+    #[inline]
+    pub fn bound<'py, O>(
+        &self,
+        py: Python<'py>,
+        field: impl FnOnce(&T) -> &Option<pyo3::Py<O>>,
+    ) -> Option<pyo3::Bound<'py, O>> {
+        self.with(py, |v| field(v).as_ref().map(|p| p.bind(py).clone()))
+    }
 }
 
 /// An optional Python reference that can be cleared while shared, guarded by the GIL.

@@ -7,52 +7,31 @@ The layer itself (handshake, reads, writes, flow control, shutdown) is the Rust
 
 from __future__ import annotations
 
-import asyncio
 import warnings
 from asyncio import constants
 
 from . import _oxio
-from ._transports import _Forward
+from ._transports import STREAM_METHODS, EngineTransport
 
 try:
     import ssl
 except ImportError:  # pragma: no cover - Python built without ssl
     ssl = None
 
-#: The methods the application transport takes from the TLS layer.
-_TLS_METHODS = (
-    "write",
-    "writelines",
-    "write_eof",
-    "can_write_eof",
-    "abort",
-    "close",
-    "is_closing",
-    "get_extra_info",
-    "pause_reading",
-    "resume_reading",
-    "is_reading",
-    "set_write_buffer_limits",
-    "get_write_buffer_limits",
-    "get_write_buffer_size",
+#: The methods the application transport takes from the TLS layer: a stream
+#: transport's, and the read-side limits TLS adds.
+_TLS_METHODS = STREAM_METHODS + (
     "set_read_buffer_limits",
     "get_read_buffer_limits",
     "get_read_buffer_size",
-    "set_protocol",
-    "get_protocol",
     "_test__append_write_backlog",
 )
 
 
-class SSLTransport(asyncio.Transport):
+class SSLTransport(EngineTransport, methods=_TLS_METHODS):
     """The transport of a TLS connection (asyncio's ``_SSLProtocolTransport``)."""
 
-    _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
-
-    def __init__(self, core):
-        # asyncio.BaseTransport.__init__ is not called: the layer keeps the extra info.
-        self._core = core
 
     @property
     def _ssl_protocol(self):
@@ -71,9 +50,6 @@ class SSLTransport(asyncio.Transport):
     def _loop(self):
         return self._core._loop
 
-    def _force_close(self, exc):
-        self._core._force_close(exc)
-
     def __repr__(self):
         return f"<{type(self).__name__} state={self._core._state}>"
 
@@ -82,11 +58,6 @@ class SSLTransport(asyncio.Transport):
         if core is not None and not core.is_closing():
             core._mark_closed()
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-
-
-for _name in _TLS_METHODS:
-    setattr(SSLTransport, _name, _Forward(_name))
-del _name
 
 
 def _default_context(server_side, server_hostname):

@@ -16,7 +16,7 @@ import warnings
 from asyncio import constants
 
 #: The methods a stream transport takes from its engine.
-_STREAM_METHODS = (
+STREAM_METHODS = (
     "write",
     "writelines",
     "write_eof",
@@ -53,15 +53,29 @@ class _Forward:
         return method
 
 
-class SocketTransport(asyncio.Transport):
-    """A connected TCP or Unix stream socket (asyncio's ``_SelectorSocketTransport``)."""
+class EngineTransport(asyncio.Transport):
+    """An ``asyncio.Transport`` in front of a Rust engine object, ``_core``, whose
+    methods named in ``methods`` it takes (see ``__init_subclass__``)."""
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, core):
         # asyncio.BaseTransport.__init__ is not called: the engine keeps the extra info.
         self._core = core
+
+    def __init_subclass__(cls, methods=(), **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in methods:
+            setattr(cls, name, _Forward(name))
+
+    def _force_close(self, exc):
+        self._core._force_close(exc)
+
+
+class SocketTransport(EngineTransport, methods=STREAM_METHODS):
+    """A connected TCP or Unix stream socket (asyncio's ``_SelectorSocketTransport``)."""
+
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     @property
     def _extra(self):
@@ -83,9 +97,6 @@ class SocketTransport(asyncio.Transport):
     def _sock_fd(self):
         return self._core._fileno()
 
-    def _force_close(self, exc):
-        self._core._force_close(exc)
-
     def _make_empty_waiter(self):
         return self._core._make_empty_waiter()
 
@@ -103,8 +114,3 @@ class SocketTransport(asyncio.Transport):
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
-
-
-for _name in _STREAM_METHODS:
-    setattr(SocketTransport, _name, _Forward(_name))
-del _name

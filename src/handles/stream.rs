@@ -308,13 +308,11 @@ impl StreamTransport {
     }
 
     fn proxy<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.st
-            .with(py, |s| s.proxy.as_ref().map(|p| p.bind(py).clone()))
+        self.st.bound(py, |s| &s.proxy)
     }
 
     fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.st
-            .with(py, |s| s.protocol.as_ref().map(|p| p.bind(py).clone()))
+        self.st.bound(py, |s| &s.protocol)
     }
 
     /// Releases written chunks outside the state borrow (a release may run Python

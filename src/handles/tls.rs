@@ -133,13 +133,11 @@ fn is_again(py: Python<'_>, e: &PyErr) -> PyResult<bool> {
 
 impl TlsProtocol {
     fn app_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.st
-            .with(py, |s| s.app_protocol.as_ref().map(|p| p.bind(py).clone()))
+        self.st.bound(py, |s| &s.app_protocol)
     }
 
     fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.st
-            .with(py, |s| s.transport.as_ref().map(|p| p.bind(py).clone()))
+        self.st.bound(py, |s| &s.transport)
     }
 
     /// The loop's debug mode, asked of the loop object (as asyncio's layer does).
