@@ -260,9 +260,23 @@ pub fn sock_recv<'py>(
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
-    match recv_bytes(lp.get(), py, fd, n)? {
-        Ok(b) => Ok(b.into_any()),
-        Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, Side::Read, Op::Recv(n)),
+    let attempt = recv_bytes(lp.get(), py, fd, n)?.map(Bound::into_any);
+    done_or_wait(lp, sock, fd, Side::Read, attempt, || Op::Recv(n))
+}
+
+/// A first attempt's outcome: its result, its error, or (when the socket would block)
+/// a future that the operation `op` completes once the socket is ready.
+fn done_or_wait<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    side: Side,
+    attempt: std::io::Result<Bound<'py, PyAny>>,
+    op: impl FnOnce() -> Op,
+) -> PyResult<Bound<'py, PyAny>> {
+    match attempt {
+        Ok(result) => Ok(result),
+        Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, side, op()),
         Err(e) => Err(os_error(e)),
     }
 }
@@ -277,13 +291,11 @@ pub fn sock_recv_into<'py>(
     let py = lp.py();
     let fd = check_sock(lp.get(), sock)?;
     let buffer = writable_buffer(buf)?;
-    match recv_into(fd, &buffer) {
+    let attempt = match recv_into(fd, &buffer) {
         Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
-        Err(e) if would_block(&e) => {
-            SockWaiter::start(lp, sock, fd, Side::Read, Op::RecvInto(buffer))
-        }
-        Err(e) => Err(os_error(e)),
-    }
+        Err(e) => Err(e),
+    };
+    done_or_wait(lp, sock, fd, Side::Read, attempt, || Op::RecvInto(buffer))
 }
 
 /// `sock_sendall`'s first attempt: `None` when everything went, or a future.

@@ -16,7 +16,7 @@ from asyncio import constants, exceptions, staggered
 from asyncio.log import logger
 
 from . import _oxio
-from ._sockets import check_ssl_socket, check_tls_only
+from ._sockets import check_ssl_socket, check_tls_only, check_unix_stream
 from ._tls import make_tls_protocol
 
 try:
@@ -361,8 +361,7 @@ class ConnectionMixin:
         else:
             if sock is None:
                 raise ValueError("no path and sock were specified")
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            check_unix_stream(sock)
             sock.setblocking(False)
         return await self._create_connection_transport(
             sock,

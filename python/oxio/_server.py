@@ -14,7 +14,7 @@ from asyncio import base_events, constants, events, exceptions, tasks, trsock
 from asyncio.log import logger
 
 from . import _oxio
-from ._sockets import check_ssl_socket, check_tls_only
+from ._sockets import check_server_tls, check_ssl_socket, check_unix_stream
 
 #: Errors that mean "out of descriptors or memory": asyncio logs them, stops accepting
 #: for ACCEPT_RETRY_DELAY seconds and then carries on serving.
@@ -364,13 +364,7 @@ class ServerMixin:
         ssl_shutdown_timeout=None,
         start_serving=True,
     ):
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
-        check_tls_only(
-            ssl,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-        )
+        check_server_tls(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             check_ssl_socket(sock)
         if host is not None or port is not None:
@@ -474,13 +468,7 @@ class ServerMixin:
         ssl_shutdown_timeout=None,
         start_serving=True,
     ):
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
-        check_tls_only(
-            ssl,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-        )
+        check_server_tls(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -508,8 +496,7 @@ class ServerMixin:
         else:
             if sock is None:
                 raise ValueError("path was not specified, and no sock specified")
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            check_unix_stream(sock)
         sock.setblocking(False)
         return await self._serve(
             [sock],

@@ -34,6 +34,55 @@ def check_tls_only(ssl, **arguments) -> None:
             raise ValueError(f"{name} is only meaningful with ssl")
 
 
+def check_server_tls(ssl, ssl_handshake_timeout, ssl_shutdown_timeout) -> None:
+    """A server's TLS arguments, checked as asyncio checks them."""
+    if isinstance(ssl, bool):
+        raise TypeError("ssl argument must be an SSLContext or None")
+    check_tls_only(
+        ssl,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+
+
+def check_unix_stream(sock) -> None:
+    """asyncio's ValueError for a socket given where a Unix stream socket belongs."""
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+
+
+def _settle(fut, call, *args) -> bool:
+    """Completes `fut` with `call(*args)`'s result or exception; False (and `fut` left
+    pending) when the call would block. KeyboardInterrupt and SystemExit propagate."""
+    try:
+        result = call(*args)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+    finally:
+        # Break the cycle exception -> traceback -> this frame -> fut.
+        fut = None
+    return True
+
+
+def _connect_outcome(sock, address):
+    """A non-blocking connect's result once the socket is writable."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err != 0:
+        raise OSError(err, f"Connect call failed {address}")
+
+
+def _accept(sock):
+    conn, address = sock.accept()
+    conn.setblocking(False)
+    return conn, address
+
+
 def check_sendfile_params(sock, file, offset, count) -> None:
     if "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
@@ -110,18 +159,8 @@ class SocketMixin:
         return await wait(sock, self._sock_retry, sock, method, *args)
 
     def _sock_retry(self, fut, sock, method, *args):
-        if fut.done():
-            return
-        try:
-            result = getattr(sock, method)(*args)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+        if not fut.done():
+            _settle(fut, getattr(sock, method), *args)
 
     async def sock_recvfrom(self, sock, bufsize):
         return await self._try_then_wait(self._wait_readable, sock, "recvfrom", bufsize)
@@ -151,19 +190,11 @@ class SocketMixin:
             )
             address = resolved[0][4]
         fut = self.create_future()
-        fd = sock.fileno()
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
+        if not _settle(fut, sock.connect, address):
+            fd = sock.fileno()
             self._ensure_fd_no_transport(fd)
             handle = self._add_writer(fd, self._sock_connect_ready, fut, sock, address)
             fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
         try:
             return await fut
         finally:
@@ -171,22 +202,8 @@ class SocketMixin:
             fut = None
 
     def _sock_connect_ready(self, fut, sock, address):
-        if fut.done():
-            return
-        try:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err != 0:
-                raise OSError(err, f"Connect call failed {address}")
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
-        finally:
-            fut = None
+        if not fut.done():
+            _settle(fut, _connect_outcome, sock, address)
 
     async def sock_accept(self, sock):
         self._check_sock(sock)
@@ -195,23 +212,12 @@ class SocketMixin:
         return await fut
 
     def _sock_accept_ready(self, fut, sock, first=False):
-        if fut.done():
+        if fut.done() or _settle(fut, _accept, sock) or not first:
             return
-        try:
-            conn, address = sock.accept()
-            conn.setblocking(False)
-        except (BlockingIOError, InterruptedError):
-            if first:
-                fd = sock.fileno()
-                self._ensure_fd_no_transport(fd)
-                handle = self._add_reader(fd, self._sock_accept_ready, fut, sock)
-                fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle=handle))
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result((conn, address))
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_reader(fd, self._sock_accept_ready, fut, sock)
+        fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle=handle))
 
     # -- sendfile -----------------------------------------------------------------------
 
