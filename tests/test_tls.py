@@ -9,6 +9,7 @@ Certificates are the ones CPython's own asyncio tests use: ONLYCERT is self-sign
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import logging
@@ -224,6 +225,19 @@ async def tls_server(loop, factory=Echo, ctx=None, **kwargs):
         factory, HOST, 0, ssl=ctx if ctx is not None else server_context(), **kwargs
     )
     return server, server.sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def echo_connection(loop):
+    """A client connection, (transport, Client), to a fresh TLS echo server; the server
+    is closed afterwards."""
+    server, port = await tls_server(loop)
+    try:
+        yield await loop.create_connection(
+            Client, HOST, port, ssl=client_context(), server_hostname="localhost"
+        )
+    finally:
+        await stop(server)
 
 
 async def stop(server):
@@ -829,11 +843,7 @@ def test_no_half_close_and_write_buffer_api(loop):
     NotImplementedError; the write-buffer methods behave as asyncio's."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             assert isinstance(tr, asyncio.Transport)
             assert tr.get_protocol() is pr
             assert tr.can_write_eof() is False
@@ -853,8 +863,6 @@ def test_no_half_close_and_write_buffer_api(loop):
             assert await pr.received(14) == b"after all that"
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main())
 
@@ -863,11 +871,7 @@ def test_pause_and_resume_reading(loop):
     """While paused, data the peer sent is held back; resume_reading() delivers it."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             assert tr.is_reading()
             tr.pause_reading()
             assert not tr.is_reading()
@@ -879,8 +883,6 @@ def test_pause_and_resume_reading(loop):
             assert await pr.received(7) == b"echo me"
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main())
 
@@ -967,11 +969,7 @@ def test_default_buffer_limits_and_read_buffer_api(loop):
     read) and its read-buffer methods."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             assert tr.get_write_buffer_limits() == (128 * 1024, 512 * 1024)
             assert tr.get_read_buffer_limits() == (64 * 1024, 256 * 1024)
             tr.set_read_buffer_limits(high=4000)
@@ -981,8 +979,6 @@ def test_default_buffer_limits_and_read_buffer_api(loop):
             assert tr.get_read_buffer_size() == 0
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main())
 
@@ -1130,18 +1126,12 @@ def test_protocol_echo(loop, size):
     """Payloads of 1 B, 1 KiB and 1 MiB come back intact through a Protocol TLS server."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             tr.write(PAYLOAD[:size])
             got = await pr.received(size)
             assert got == PAYLOAD[:size]
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main())
 
@@ -1153,11 +1143,7 @@ def test_request_response_rounds(loop, size):
     record it already holds (a stall here is data left inside the TLS engine)."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             expected = 0
             for i in range(20):
                 message = PAYLOAD[i : i + size]
@@ -1167,8 +1153,6 @@ def test_request_response_rounds(loop, size):
                 assert got[-size:] == message
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main(), timeout=20)
 
@@ -1230,11 +1214,7 @@ def test_writelines(loop):
     """writelines() of mixed bytes-like objects and of an iterator, through TLS."""
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             mutable = bytearray(b"b" * 70_000)
             parts = [b"a" * 10, mutable, memoryview(b"c" * 5), b"d"]
             expected = b"".join(bytes(p) for p in parts)
@@ -1245,8 +1225,6 @@ def test_writelines(loop):
             assert await pr.received(len(expected)) == expected
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     run(loop, main())
 
@@ -1694,15 +1672,9 @@ def test_debug_mode_logs_the_handshake(loop, caplog):
     loop.slow_callback_duration = 10  # only the handshake lines matter here
 
     async def main():
-        server, port = await tls_server(loop)
-        try:
-            tr, pr = await loop.create_connection(
-                Client, HOST, port, ssl=client_context(), server_hostname="localhost"
-            )
+        async with echo_connection(loop) as (tr, pr):
             tr.close()
             await pr.lost
-        finally:
-            await stop(server)
 
     with caplog.at_level(logging.DEBUG, logger="asyncio"):
         run(loop, main())
