@@ -240,6 +240,29 @@ async def echo_connection(loop):
         await stop(server)
 
 
+@contextlib.asynccontextmanager
+async def small_buffer_connection(loop, server_protocol, server_option, client_option, size):
+    """A TLS connection whose server socket has `server_option` (SO_SNDBUF or SO_RCVBUF)
+    and whose client socket has `client_option` set to `size`, so that flow control
+    engages early; yields (the server's protocols, transport, Client)."""
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, server_option, size)
+    lsock.bind((HOST, 0))
+    factory, made = recording(server_protocol)
+    server = await loop.create_server(factory, sock=lsock, ssl=server_context())
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, client_option, size)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, lsock.getsockname())
+        tr, pr = await loop.create_connection(
+            Client, sock=sock, ssl=client_context(), server_hostname="localhost"
+        )
+        yield made, tr, pr
+    finally:
+        await stop(server)
+
+
 async def stop(server):
     server.close()
     await server.wait_closed()
@@ -1301,19 +1324,9 @@ def test_write_flow_control_pauses_and_resumes_with_no_byte_lost(loop):
     limit = 64 * 1024
 
     async def main():
-        lsock = socket.socket()
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit)
-        lsock.bind((HOST, 0))
-        factory, made = recording(Sink)
-        server = await loop.create_server(factory, sock=lsock, ssl=server_context())
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, lsock.getsockname())
-            tr, pr = await loop.create_connection(
-                Client, sock=sock, ssl=client_context(), server_hostname="localhost"
-            )
+        async with small_buffer_connection(
+            loop, Sink, socket.SO_RCVBUF, socket.SO_SNDBUF, limit
+        ) as (made, tr, pr):
             tr.set_write_buffer_limits(high=limit, low=limit // 4)
             for i in range(0, len(data), chunk):
                 tr.write(data[i : i + chunk])
@@ -1328,8 +1341,6 @@ def test_write_flow_control_pauses_and_resumes_with_no_byte_lost(loop):
             tr.close()
             digest = await spr.eof
             assert await pr.lost is None
-        finally:
-            await stop(server)
         return digest
 
     assert run(loop, main()) == hashlib.sha256(data).hexdigest()
@@ -1343,19 +1354,9 @@ def test_paused_reading_pushes_back_on_the_sender(loop):
     limit = 64 * 1024
 
     async def main():
-        lsock = socket.socket()
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
-        lsock.bind((HOST, 0))
-        factory, made = recording(Client)
-        server = await loop.create_server(factory, sock=lsock, ssl=server_context())
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, lsock.getsockname())
-            tr, pr = await loop.create_connection(
-                Client, sock=sock, ssl=client_context(), server_hostname="localhost"
-            )
+        async with small_buffer_connection(
+            loop, Client, socket.SO_SNDBUF, socket.SO_RCVBUF, limit
+        ) as (made, tr, pr):
             tr.pause_reading()
             spr = await made.first
             await spr.made
@@ -1372,8 +1373,6 @@ def test_paused_reading_pushes_back_on_the_sender(loop):
             await spr.resumed
             tr.close()
             assert await pr.lost is None
-        finally:
-            await stop(server)
         return hashlib.sha256(pr.data).hexdigest()
 
     assert run(loop, main()) == hashlib.sha256(data).hexdigest()
