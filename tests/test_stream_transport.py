@@ -169,6 +169,50 @@ def test_writes_of_one_iteration_are_queued_together(oxloop):
     run(oxloop, main())
 
 
+def test_replies_of_scheduled_callbacks_leave_before_this_iterations_io(oxloop):
+    # oxio-only: a callback scheduled in the previous iteration (a task step answering a
+    # request) gets its writes sent before the I/O callbacks of this iteration run, so the
+    # peer can answer before the loop next polls. Callback order is asyncio's.
+    async def main():
+        tr, pr, peer = await tcp_pair(oxloop, Collect)
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        order = []
+        seen = oxloop.create_future()
+
+        def reply():  # ready before the poll that reports `r`
+            order.append("reply")
+            tr.write(b"header,")
+            tr.write(b"body")
+
+        def on_readable():  # an I/O callback of that same iteration
+            order.append("readable")
+            oxloop.remove_reader(r)
+            try:
+                received = peer.recv(100)
+            except BlockingIOError:
+                received = b""
+            seen.set_result((tr.get_write_buffer_size(), received))
+
+        def arm():
+            oxloop.call_soon(reply)
+            w.send(b"x")
+            oxloop.add_reader(r, on_readable)
+
+        oxloop.call_soon(arm)
+        try:
+            queued, received = await asyncio.wait_for(seen, 5)
+        finally:
+            r.close()
+            w.close()
+        assert order == ["reply", "readable"]
+        assert (queued, received) == (0, b"header,body")
+        tr.close()
+        peer.close()
+
+    run(oxloop, main())
+
+
 def test_write_rejects_what_asyncio_rejects(loop):
     async def main():
         tr, pr, peer = await connected_pair(loop, Collect)
