@@ -1,8 +1,9 @@
 //! The bytes a stream transport has accepted but the kernel has not yet taken.
 //!
 //! Writes made during one loop iteration pile up here and leave together in one
-//! vectored write (`writev`) before the loop polls again, so a response written as a
-//! header and a body costs one system call. Chunks are kept as the caller gave them
+//! system call before the loop polls again (a vectored write, or for a few small chunks
+//! one `send` of them gathered), so a response written as a header and a body costs one
+//! system call. Chunks are kept as the caller gave them
 //! (the Python binding keeps a reference to an immutable `bytes` instead of copying it);
 //! a partial write advances an offset into the first chunk.
 
@@ -101,11 +102,7 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
                     slices[i] = IoSlice::new(bytes);
                     count += 1;
                 }
-                let written = if count == 1 {
-                    crate::socket_io::send(fd, &slices[0])
-                } else {
-                    crate::socket_io::writev(fd, &slices[..count])
-                };
+                let written = crate::socket_io::write_slices(fd, &slices[..count]);
                 match written {
                     Ok(n) => (n, asked),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -150,11 +147,7 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
             }
             slices[count] = IoSlice::new(tail);
             count += 1;
-            let written = if count == 1 {
-                crate::socket_io::send(fd, tail)
-            } else {
-                crate::socket_io::writev(fd, &slices[..count])
-            };
+            let written = crate::socket_io::write_slices(fd, &slices[..count]);
             match written {
                 Ok(n) => {
                     let queued = self.len;
