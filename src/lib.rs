@@ -15,6 +15,7 @@ mod gil_cell;
 mod handle;
 mod handle_alloc;
 mod handles;
+mod py_buffer;
 mod py_refs;
 mod resolve;
 mod sock_ops;

@@ -3,6 +3,7 @@ control, reading pauses, close and abort, hostile peers, and the errors asyncio 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
@@ -71,6 +72,25 @@ class BufferedCollect(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         pass
+
+
+class GivesBuffer(asyncio.BufferedProtocol):
+    """A BufferedProtocol whose get_buffer() returns whatever `make()` gives."""
+
+    def __init__(self, make):
+        self.make = make
+        self.data = bytearray()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint):
+        self.buf = self.make()
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.data += memoryview(self.buf).cast("B")[:nbytes]
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
 
 
 async def connected_pair(loop, protocol_factory):
@@ -211,6 +231,51 @@ def test_replies_of_scheduled_callbacks_leave_before_this_iterations_io(oxloop):
         peer.close()
 
     run(oxloop, main())
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: bytes(8), TypeError),  # read-only
+        (bytearray, RuntimeError),  # empty
+        (lambda: memoryview(bytearray(8))[::2], TypeError),  # not contiguous
+    ],
+    ids=["read-only", "empty", "strided"],
+)
+def test_get_buffer_returning_an_unusable_buffer_is_fatal(loop, make, error):
+    async def main():
+        reported = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        tr, pr, peer = await connected_pair(loop, lambda: GivesBuffer(make))
+        peer.send(b"data")
+        exc = await asyncio.wait_for(pr.lost, 5)
+        assert isinstance(exc, error)
+        assert reported and reported[0]["exception"] is exc
+        assert tr.is_closing()
+        peer.close()
+
+    run(loop, main())
+
+
+def test_get_buffer_may_return_a_buffer_of_wider_items(loop):
+    # Any writable contiguous buffer will do; nbytes counts bytes, not items.
+    async def main():
+        tr, pr, peer = await connected_pair(
+            loop, lambda: GivesBuffer(lambda: array.array("i", [0] * 4))
+        )
+        peer.send(b"0123456789")
+
+        async def arrived():
+            while len(pr.data) < 10:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(arrived(), 5)
+        assert bytes(pr.data) == b"0123456789"
+        tr.close()
+        peer.close()
+        await asyncio.wait_for(pr.lost, 5)
+
+    run(loop, main())
 
 
 def test_write_rejects_what_asyncio_rejects(loop):

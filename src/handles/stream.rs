@@ -24,6 +24,7 @@ use crate::event_loop::{os_error, Loop, READ_BUFFER_SIZE};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
 use crate::handles::tls::TlsProtocol;
+use crate::py_buffer::with_buffer;
 use crate::py_refs;
 use crate::sockaddr::{self, RawAddr};
 
@@ -70,7 +71,8 @@ impl AsRef<[u8]> for Chunk {
 /// What `write()` was given.
 enum Incoming {
     Bytes(Py<PyBytes>),
-    /// Mutable data, written (or copied) before `write()` returns.
+    /// Large mutable data, written (or copied) before `write()` returns; small mutable
+    /// data arrives as a private copy in `Bytes`.
     Mutable(PyBuffer<u8>),
     /// Already a private copy (a non-contiguous view).
     Copied(Box<[u8]>),
@@ -625,6 +627,16 @@ impl StreamTransport {
             return Ok(Incoming::Bytes(b.clone().unbind()));
         }
         if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            // Small: a private copy (a `bytes`, from Python's allocator) keeps it in this
+            // iteration's batch.
+            let small = with_buffer(data, |v| {
+                Ok(v.bytes()
+                    .filter(|b| b.len() < FLUSH_NOW_BYTES)
+                    .map(|b| PyBytes::new(data.py(), b).unbind()))
+            })?;
+            if let Some(copy) = small {
+                return Ok(Incoming::Bytes(copy));
+            }
             let buf = PyBuffer::<u8>::get(data)?;
             if !buf.is_c_contiguous() {
                 return Ok(Incoming::Copied(buf.to_vec(data.py())?.into_boxed_slice()));
@@ -799,39 +811,39 @@ impl StreamTransport {
         if let Ok(tls) = protocol.cast::<TlsProtocol>() {
             return Self::read_ready_tls(slf, tls);
         }
-        let buf = protocol
+        let read = protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
             .and_then(|b| {
-                let buf = PyBuffer::<u8>::get(&b)?;
-                if buf.readonly() {
-                    return Err(PyTypeError::new_err(
-                        "get_buffer() returned a read-only buffer",
-                    ));
-                }
-                if buf.len_bytes() == 0 {
-                    return Err(PyRuntimeError::new_err(
-                        "get_buffer() returned an empty buffer",
-                    ));
-                }
-                if !buf.is_c_contiguous() {
-                    return Err(PyValueError::new_err(
-                        "get_buffer() returned a non-contiguous buffer",
-                    ));
-                }
-                Ok(buf)
+                with_buffer(&b, |v| {
+                    if v.readonly {
+                        return Err(PyTypeError::new_err(
+                            "get_buffer() returned a read-only buffer",
+                        ));
+                    }
+                    if v.len == 0 {
+                        return Err(PyRuntimeError::new_err(
+                            "get_buffer() returned an empty buffer",
+                        ));
+                    }
+                    if !v.contiguous {
+                        // asyncio's recv_into raises TypeError for it too.
+                        return Err(PyTypeError::new_err(
+                            "get_buffer() returned a non-contiguous buffer",
+                        ));
+                    }
+                    // SAFETY: the buffer is writable, C-contiguous and `v.len` bytes
+                    // long, and stays exported (neither moved nor freed) for this call.
+                    let read = unsafe { socket_io::recv_raw(this.fd, v.ptr, v.len) };
+                    Ok((read, v.len))
+                })
             });
-        let buf = match buf {
-            Ok(b) => b,
+        let (read, len) = match read {
+            Ok(r) => r,
             Err(e) if errors::is_exit_exception(py, &e) => return Err(e),
             Err(e) => {
                 return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
         };
-        let len = buf.len_bytes();
-        // SAFETY: the buffer is writable, C-contiguous and `len` bytes long, and stays
-        // exported (so neither moved nor freed) until `buf` is released below.
-        let read = unsafe { socket_io::recv_raw(this.fd, buf.buf_ptr() as *mut u8, len) };
-        drop(buf);
         Self::finish_read(
             slf,
             read.map(|n| (n > 0).then_some((n, n == len))),
@@ -973,17 +985,6 @@ impl StreamTransport {
         match incoming {
             Incoming::Bytes(b) => Self::enqueue(slf, [Chunk::Bytes(b)]),
             Incoming::Copied(v) => Self::enqueue(slf, [Chunk::Owned(v)]),
-            Incoming::Mutable(buf) if buf.len_bytes() < FLUSH_NOW_BYTES => {
-                // Small: a private copy (a `bytes`, from Python's allocator) keeps it in
-                // this iteration's batch.
-                // SAFETY: the buffer is C-contiguous and exported while `buf` lives.
-                let data = unsafe {
-                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
-                };
-                let copy = PyBytes::new(py, data).unbind();
-                drop(buf);
-                Self::enqueue(slf, [Chunk::Bytes(copy)])
-            }
             Incoming::Mutable(buf) => Self::write_mutable(slf, buf),
         }
     }
