@@ -386,9 +386,10 @@ impl Loop {
     /// Writes made by the first group leave between the two groups rather than at the next
     /// poll. Those callbacks are mostly task steps answering requests read last iteration;
     /// sending their replies now lets the peer's next request arrive before the loop polls
-    /// again, so a request/response round takes one poll instead of two, and the peer is
-    /// woken once per burst of replies. Callback order is unchanged; a transport written
-    /// by both groups sends twice.
+    /// again rather than after it, which saves an iteration per round trip and wakes the
+    /// peer once per burst of replies (measured with uvicorn under wrk: a third fewer
+    /// wake-ups of wrk, whose cost lands in our `sendmsg`). Callback order is unchanged; a
+    /// transport written by both groups sends twice.
     fn run_ready(slf: &Bound<'_, Self>, scheduled: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
