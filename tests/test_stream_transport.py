@@ -233,6 +233,46 @@ def test_replies_of_scheduled_callbacks_leave_before_this_iterations_io(oxloop):
     run(oxloop, main())
 
 
+def test_no_data_reaches_a_protocol_that_paused_reading(loop):
+    # Bulk reads may repeat within one readiness event; a pause in data_received must
+    # stop them at once, and nothing may be lost or reordered.
+    payload = PAYLOAD * 4
+
+    class Pauser(Collect):
+        paused = False
+        violations = 0
+
+        def data_received(self, data):
+            if self.paused:
+                self.violations += 1
+            super().data_received(data)
+            self.paused = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self.resume)
+
+        def resume(self):
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Pauser)
+        peer.setblocking(True)
+        sending = loop.run_in_executor(None, peer.sendall, payload)
+
+        async def everything():
+            while len(pr.data) < len(payload):
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(everything(), 10)
+        await asyncio.wait_for(sending, 10)
+        assert pr.violations == 0
+        assert pr.data == payload
+        tr.close()
+        peer.close()
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize(
     ("make", "error"),
     [

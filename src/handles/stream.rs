@@ -37,6 +37,10 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const FLUSH_NOW_BYTES: usize = 16 * 1024;
 /// A read this large predicts another: the next goes straight into its own `bytes`.
 const BULK_READ: usize = 16 * 1024;
+/// Full bulk reads taken per readiness event before yielding to other descriptors. One
+/// read per event left a 1 MiB Protocol echo at 0.84x uvloop (which, through libuv,
+/// reads up to 32 times); four brought it to 1.01x in interleaved runs.
+const BULK_READS_PER_EVENT: usize = 4;
 /// asyncio's default high-water mark for writes.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -336,7 +340,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let start = this.st.with(py, |s| {
-            let start = !s.reading && !s.paused && !s.closing;
+            let start = !s.reading && !s.closing;
             if start {
                 s.reading = true;
             }
@@ -736,7 +740,26 @@ impl StreamTransport {
         Self::maybe_pause_protocol(slf)
     }
 
+    /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to
+    /// `BULK_READS_PER_EVENT` times, stopping as soon as the protocol paused reading or
+    /// the transport began closing.
     fn read_ready_data(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        for _ in 0..BULK_READS_PER_EVENT {
+            if !Self::read_once_data(slf)? {
+                return Ok(());
+            }
+            if !this.st.with(py, |s| s.reading && !s.paused && !s.closing) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// One read and its delivery; true when it filled a bulk read, so more is likely
+    /// waiting.
+    fn read_once_data(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
@@ -756,8 +779,10 @@ impl StreamTransport {
                 Err(e) => Err(e),
             })
         };
-        if let Ok(Some((data, _))) = &read {
+        let mut again = false;
+        if let Ok(Some((data, full))) = &read {
             let bulk = data.as_bytes().len() >= BULK_READ;
+            again = *full && bulk;
             this.st.with(py, |s| s.bulk = bulk);
         }
         Self::finish_read(
@@ -770,7 +795,8 @@ impl StreamTransport {
                 None => Ok(()),
             },
             "Fatal error: protocol.data_received() call failed.",
-        )
+        )?;
+        Ok(again)
     }
 
     /// asyncio's handling of a read's outcome: end of file goes to `eof_received`; data
