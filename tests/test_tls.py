@@ -227,6 +227,15 @@ async def tls_server(loop, factory=Echo, ctx=None, **kwargs):
     return server, server.sockets[0].getsockname()[1]
 
 
+async def echo_then_close(tr, pr, data):
+    """Sends `data` over a connection to an echo server, expects all of it back, then
+    closes: close_notify is exchanged and connection_lost gets None."""
+    tr.write(data)
+    assert await pr.received(len(data)) == data
+    tr.close()
+    assert await pr.lost is None
+
+
 @contextlib.asynccontextmanager
 async def echo_connection(loop):
     """A client connection, (transport, Client), to a fresh TLS echo server; the server
@@ -400,10 +409,7 @@ def test_trusted_chain_and_matching_hostname_connect(loop):
                 Client, HOST, port, ssl=trusting_client_context(), server_hostname="localhost"
             )
             assert tr.get_extra_info("peercert") == test_utils.PEERCERT
-            tr.write(b"ping")
-            assert await pr.received(4) == b"ping"
-            tr.close()
-            assert await pr.lost is None
+            await echo_then_close(tr, pr, b"ping")
         finally:
             await stop(server)
 
@@ -1264,10 +1270,7 @@ def test_unix_socket_echo(loop):
                     Client, path, ssl=client_context(), server_hostname="localhost"
                 )
                 assert tr.get_extra_info("ssl_object") is not None
-                tr.write(PAYLOAD[:65536])
-                assert await pr.received(65536) == PAYLOAD[:65536]
-                tr.close()
-                assert await pr.lost is None
+                await echo_then_close(tr, pr, PAYLOAD[:65536])
             finally:
                 await stop(server)
 
@@ -1394,10 +1397,7 @@ def test_pause_writing_errors_go_to_the_exception_handler(loop):
                 BadPause, HOST, port, ssl=client_context(), server_hostname="localhost"
             )
             tr.set_write_buffer_limits(high=0)
-            tr.write(b"y" * 100)
-            assert await pr.received(100) == b"y" * 100
-            tr.close()
-            assert await pr.lost is None
+            await echo_then_close(tr, pr, b"y" * 100)
         finally:
             await stop(server)
 
@@ -1472,10 +1472,7 @@ def test_loop_start_tls_on_a_transport(loop):
             assert ctls.get_extra_info("ssl_object") is not None
             assert ctls.get_protocol() is cpr
             assert cpr.events == ["made"]  # no second connection_made
-            ctls.write(b"over tls")
-            assert await cpr.received(8) == b"over tls"
-            ctls.close()
-            assert await cpr.lost is None
+            await echo_then_close(ctls, cpr, b"over tls")
         finally:
             await stop(server)
 
