@@ -692,3 +692,43 @@ def test_bulk_reads_deliver_every_byte(loop):
         await pr.lost
 
     run(loop, main())
+
+
+def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
+    # Everything is queued before the transport exists and the peer then stays silent,
+    # so the one readiness edge must carry the whole backlog: the transport stops after
+    # a few bulk reads per event and must ask the next poll to report the rest.
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+    b.setblocking(False)
+    data = PAYLOAD * 3 + b"end"
+    queued = 0
+    try:
+        while queued < len(data):
+            queued += b.send(data[queued : queued + 65536])
+    except BlockingIOError:
+        pass
+    if queued <= 2 * 1024 * 1024:
+        a.close()
+        b.close()
+        pytest.skip(f"the kernel caps SO_SNDBUF (net.core.wmem_max): {queued} bytes queued")
+
+    async def main():
+        done = loop.create_future()
+
+        class Until(Collect):
+            def data_received(self, chunk):
+                super().data_received(chunk)
+                if len(self.data) == queued and not done.done():
+                    done.set_result(None)
+
+        tr, pr = await loop.connect_accepted_socket(Until, a)
+        await asyncio.wait_for(done, 10)
+        assert pr.data == data[:queued]
+        tr.close()
+        await asyncio.wait_for(pr.lost, 5)
+
+    try:
+        run(loop, main())
+    finally:
+        b.close()

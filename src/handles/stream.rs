@@ -742,37 +742,51 @@ impl StreamTransport {
 
     /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to
     /// `BULK_READS_PER_EVENT` times, stopping as soon as the protocol paused reading or
-    /// the transport began closing.
+    /// the transport began closing. Only a descriptor left with data it was told about
+    /// is re-armed, once: new data raises an edge of its own.
     fn read_ready_data(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // What the kernel said was waiting and is not read yet (0: unknown or none).
+        let mut waiting = 0;
         for _ in 0..BULK_READS_PER_EVENT {
-            if !Self::read_once_data(slf)? {
+            if !Self::read_once_data(slf, &mut waiting)? {
                 return Ok(());
             }
             if !this.st.with(py, |s| s.reading && !s.paused && !s.closing) {
                 return Ok(());
             }
         }
+        this.lp.get().request_rearm(py, this.fd);
         Ok(())
     }
 
-    /// One read and its delivery; true when it filled a bulk read, so more is likely
-    /// waiting.
-    fn read_once_data(slf: &Bound<'_, Self>) -> PyResult<bool> {
+    /// One read and its delivery; true when more data is known or likely to be waiting.
+    /// `waiting` carries the kernel's count of unread bytes from one read to the next,
+    /// so that only the first read of a run asks for it.
+    fn read_once_data(slf: &Bound<'_, Self>, waiting: &mut usize) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
-        let pending = if this.st.with(py, |s| s.bulk) {
+        let pending = if *waiting > 0 {
+            *waiting
+        } else if this.st.with(py, |s| s.bulk) {
             socket_io::bytes_readable(this.fd).unwrap_or(0)
         } else {
             0
         };
         let read = if pending >= BULK_READ {
             // Sized by the kernel's count: no over-allocation to trim, no copy.
-            recv_into_new_bytes(py, this.fd, pending.min(READ_BUFFER_SIZE))?
-                .map(|r| r.map(|(b, _)| (b, pending >= READ_BUFFER_SIZE)))
+            let want = pending.min(READ_BUFFER_SIZE);
+            recv_into_new_bytes(py, this.fd, want)?.map(|r| {
+                r.map(|(b, _)| {
+                    let got = b.as_bytes().len();
+                    *waiting = if got == want { pending - got } else { 0 };
+                    (b, *waiting > 0)
+                })
+            })
         } else {
+            *waiting = 0;
             lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
                 Ok(0) => Ok(None),
                 Ok(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
@@ -780,11 +794,13 @@ impl StreamTransport {
             })
         };
         let mut again = false;
-        if let Ok(Some((data, full))) = &read {
+        if let Ok(Some((data, more))) = &read {
             let bulk = data.as_bytes().len() >= BULK_READ;
-            again = *full && bulk;
+            again = *more && bulk;
             this.st.with(py, |s| s.bulk = bulk);
         }
+        // The re-arm, when needed, is read_ready_data's, after its last read.
+        let read = read.map(|r| r.map(|(data, _)| (data, false)));
         Self::finish_read(
             slf,
             read,
