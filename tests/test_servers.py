@@ -287,3 +287,49 @@ def test_real_emfile_on_accept(loop, monkeypatch):
     run(loop, main())
     assert contexts[0]["message"] == "socket.accept() out of system resource"
     assert contexts[0]["exception"].errno == errno.EMFILE
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::1", "unix"])
+def test_accepted_connections_report_their_own_local_address(loop, host):
+    # oxio takes an accepted connection's local address from the listener when that
+    # determines it; a wildcard listener's connections must still report their own.
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    async def main():
+        made = loop.create_future()
+        lost = loop.create_future()
+
+        class Keep(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.set_result(transport)
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if host == "unix":
+                path = os.path.join(tmp, "s")
+                server = await loop.create_unix_server(Keep, path)
+                family, addr = socket.AF_UNIX, path
+            else:
+                server = await loop.create_server(Keep, host, 0)
+                family = server.sockets[0].family
+                port = server.sockets[0].getsockname()[1]
+                addr = ("127.0.0.1" if host == "0.0.0.0" else host, port)
+            client = socket.socket(family, socket.SOCK_STREAM)
+            client.setblocking(False)
+            try:
+                await loop.sock_connect(client, addr)
+                tr = await asyncio.wait_for(made, 5)
+                real = tr.get_extra_info("socket").getsockname()
+                assert real == client.getpeername()
+                assert tr.get_extra_info("sockname") == real
+                tr.close()
+                await asyncio.wait_for(lost, 5)
+                assert tr.get_extra_info("sockname") == real
+            finally:
+                client.close()
+                server.close()
+                await server.wait_closed()
+
+    run(loop, main())
