@@ -27,6 +27,18 @@ impl RawAddr {
     }
 }
 
+/// An IPv6 address spelled as glibc's `inet_ntop` (and so Python's socket module) spells
+/// it: Rust's spelling except for the IPv4-compatible form, where exactly the first six
+/// groups are zero (`::1.2.3.4`; `::1` and `::` are not of it).
+fn ipv6_text(ip: &std::net::Ipv6Addr) -> String {
+    let s = ip.segments();
+    if s[..6] == [0; 6] && s[6] != 0 {
+        let [.., a, b, c, d] = ip.octets();
+        return format!("::{a}.{b}.{c}.{d}");
+    }
+    ip.to_string()
+}
+
 /// `getsockname` (`peer` false) or `getpeername` (`peer` true) of `fd`.
 pub(crate) fn query(fd: RawFd, peer: bool) -> Option<RawAddr> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
@@ -64,14 +76,10 @@ pub(crate) fn sockaddr_to_py<'py>(
             // SAFETY: as above, a sockaddr_in6 for AF_INET6.
             let sin6 = unsafe { &*(addr as *const _ as *const libc::sockaddr_in6) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            if ip.to_ipv4().is_some() && ip.to_ipv4_mapped().is_none() {
-                // IPv4-compatible (::a.b.c.d): leave the spelling to libc's inet_ntop.
-                return Ok(None);
-            }
             let port = u16::from_be(sin6.sin6_port);
             let flow = u32::from_be(sin6.sin6_flowinfo);
             Ok(Some(
-                (ip.to_string(), port, flow, sin6.sin6_scope_id)
+                (ipv6_text(&ip), port, flow, sin6.sin6_scope_id)
                     .into_pyobject(py)?
                     .into_any(),
             ))

@@ -290,45 +290,54 @@ def test_real_emfile_on_accept(loop, monkeypatch):
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::1", "unix"])
-def test_accepted_connections_report_their_own_local_address(loop, host):
-    # oxio takes an accepted connection's local address from the listener when that
-    # determines it; a wildcard listener's connections must still report their own.
+def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
+    # As asyncio's transports: sockname and peername are what the socket says, and
+    # stay readable after the connection is lost. A wildcard listener's connections
+    # report the address they were reached on.
     if host == "::1" and not socket.has_ipv6:
         pytest.skip("no IPv6")
+
+    class Keep(asyncio.Protocol):
+        def __init__(self, made, lost):
+            self.made, self.lost = made, lost
+
+        def connection_made(self, transport):
+            self.made.set_result(transport)
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
     async def main():
-        made = loop.create_future()
-        lost = loop.create_future()
-
-        class Keep(asyncio.Protocol):
-            def connection_made(self, transport):
-                made.set_result(transport)
-
-            def connection_lost(self, exc):
-                lost.set_result(exc)
-
+        made = [loop.create_future(), loop.create_future()]
+        lost = [loop.create_future(), loop.create_future()]
         with tempfile.TemporaryDirectory() as tmp:
             if host == "unix":
                 path = os.path.join(tmp, "s")
-                server = await loop.create_unix_server(Keep, path)
-                family, addr = socket.AF_UNIX, path
+                server = await loop.create_unix_server(lambda: Keep(made[0], lost[0]), path)
+                await loop.create_unix_connection(lambda: Keep(made[1], lost[1]), path)
             else:
-                server = await loop.create_server(Keep, host, 0)
-                family = server.sockets[0].family
+                server = await loop.create_server(lambda: Keep(made[0], lost[0]), host, 0)
                 port = server.sockets[0].getsockname()[1]
-                addr = ("127.0.0.1" if host == "0.0.0.0" else host, port)
-            client = socket.socket(family, socket.SOCK_STREAM)
-            client.setblocking(False)
+                target = "127.0.0.1" if host == "0.0.0.0" else host
+                await loop.create_connection(lambda: Keep(made[1], lost[1]), target, port)
             try:
-                await loop.sock_connect(client, addr)
-                tr = await asyncio.wait_for(made, 5)
-                real = tr.get_extra_info("socket").getsockname()
-                assert real == client.getpeername()
-                assert tr.get_extra_info("sockname") == real
-                tr.close()
-                await asyncio.wait_for(lost, 5)
-                assert tr.get_extra_info("sockname") == real
+                ends = [await asyncio.wait_for(m, 5) for m in made]
+                real = []
+                for tr in ends:
+                    sock = tr.get_extra_info("socket")
+                    real.append((sock.getsockname(), sock.getpeername()))
+                    assert tr.get_extra_info("sockname") == real[-1][0]
+                    assert tr.get_extra_info("peername") == real[-1][1]
+                if host != "unix":  # a Unix client's own name is empty
+                    assert real[0] == real[1][::-1]
+                for tr in ends:
+                    tr.close()
+                for f in lost:
+                    await asyncio.wait_for(f, 5)
+                for tr, (sockname, peername) in zip(ends, real):
+                    assert tr.get_extra_info("sockname") == sockname
+                    assert tr.get_extra_info("peername") == peername
             finally:
-                client.close()
                 server.close()
                 await server.wait_closed()
 

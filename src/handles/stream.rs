@@ -1363,10 +1363,17 @@ impl StreamTransport {
             } else {
                 snapshot.and_then(|snap| snap[i])
             };
-            let value = match raw {
+            let mut value = match raw {
                 Some(raw) => raw.to_py(py)?,
                 None => None,
             };
+            if value.is_none() && open {
+                // A family not decoded here: the socket module knows it.
+                let method = if i == 1 { "getpeername" } else { "getsockname" };
+                value = sock
+                    .as_ref()
+                    .and_then(|s| s.bind(py).call_method0(method).ok());
+            }
             extra.set_item(key, value)?;
         }
         if let Some(sock) = sock {
