@@ -732,3 +732,64 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
         run(loop, main())
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("lead", [0, 300_000], ids=["first-read", "bulk-read"])
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
+    # A Unix socket's read stops after data that carried descriptors (which a transport
+    # discards), though more bytes wait behind it. The peer is silent afterwards, so no
+    # new readiness edge comes: the transport must notice the stop and read on. With a
+    # lead of plain data the stop falls in a read sized by the kernel's count.
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    r, w = os.pipe()
+    first = PAYLOAD[-lead:] if lead else b""
+    first += b"with-fds" * 1000
+    rest = PAYLOAD[:100_000]
+    b.settimeout(5)
+    try:
+        if lead:
+            b.sendall(first[:lead])
+        b.sendmsg([first[lead:]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+        b.sendall(rest)
+    except TimeoutError:
+        a.close()
+        b.close()
+        pytest.skip("the kernel caps SO_SNDBUF (net.core.wmem_max) below what must be queued")
+    finally:
+        os.close(r)
+        os.close(w)
+
+    async def main():
+        done = loop.create_future()
+        want = len(first) + len(rest)
+
+        if kind == "protocol":
+
+            class Until(Collect):
+                def data_received(self, chunk):
+                    super().data_received(chunk)
+                    if len(self.data) == want and not done.done():
+                        done.set_result(None)
+
+        else:
+
+            class Until(BufferedCollect):
+                def __init__(self):
+                    super().__init__(1 << 20)
+
+                def buffer_updated(self, nbytes):
+                    super().buffer_updated(nbytes)
+                    if len(self.data) == want and not done.done():
+                        done.set_result(None)
+
+        tr, pr = await loop.connect_accepted_socket(Until, a)
+        await asyncio.wait_for(done, 5)
+        assert pr.data == first + rest
+        tr.close()
+
+    try:
+        run(loop, main())
+    finally:
+        b.close()

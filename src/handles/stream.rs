@@ -185,6 +185,9 @@ struct State {
 pub struct StreamTransport {
     lp: Py<Loop>,
     fd: RawFd,
+    /// Reads may stop early at ancillary data (a Unix socket's passed descriptors or
+    /// credentials), so they go through `recvmsg`, which tells when that happened.
+    cut_reads: bool,
     st: GilCell<State>,
 }
 
@@ -259,6 +262,7 @@ pub(crate) fn start_stream_transport<'py>(
         StreamTransport {
             lp: lp.clone().unbind(),
             fd,
+            cut_reads: !tcp,
             st: GilCell::new(State {
                 sock: Some(sock.clone().unbind()),
                 proxy: None,
@@ -334,6 +338,22 @@ impl StreamTransport {
                 s.released = released;
             }
         });
+    }
+
+    /// One read into `ptr..ptr+len`: the byte count, and whether the read stopped early
+    /// at ancillary data with more bytes possibly waiting (then no edge announces them,
+    /// so the caller reads again or asks for a re-arm).
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+    unsafe fn recv_raw(&self, ptr: *mut u8, len: usize) -> std::io::Result<(usize, bool)> {
+        if self.cut_reads {
+            // SAFETY: the caller's guarantee, passed on.
+            unsafe { socket_io::recv_raw_msg(self.fd, ptr, len) }
+        } else {
+            // SAFETY: as above.
+            unsafe { socket_io::recv_raw(self.fd, ptr, len) }.map(|n| (n, false))
+        }
     }
 
     fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -775,32 +795,35 @@ impl StreamTransport {
         } else {
             0
         };
+        let mut again = false;
         let read = if pending >= BULK_READ {
             // Sized by the kernel's count: no over-allocation to trim, no copy.
             let want = pending.min(READ_BUFFER_SIZE);
             recv_into_new_bytes(py, this.fd, want)?.map(|r| {
                 r.map(|(b, _)| {
                     let got = b.as_bytes().len();
+                    // A read shorter than the count (a Unix socket stops after ancillary
+                    // data) says nothing of what is left: look again.
                     *waiting = if got == want { pending - got } else { 0 };
-                    (b, *waiting > 0)
+                    again = got < want || *waiting > 0;
+                    (b, false)
                 })
             })
         } else {
             *waiting = 0;
-            lp.with_read_buf(py, |buf| match socket_io::recv(this.fd, buf) {
-                Ok(0) => Ok(None),
-                Ok(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
-                Err(e) => Err(e),
+            lp.with_read_buf(py, |buf| {
+                // SAFETY: `buf` is the loop's read buffer, writable for its length and
+                // borrowed for the whole call.
+                let (n, cut) = unsafe { this.recv_raw(buf.as_mut_ptr(), buf.len()) }?;
+                again = cut || n == buf.len();
+                Ok((n > 0).then(|| (PyBytes::new(py, &buf[..n]), false)))
             })
         };
-        let mut again = false;
-        if let Ok(Some((data, more))) = &read {
+        if let Ok(Some((data, _))) = &read {
             let bulk = data.as_bytes().len() >= BULK_READ;
-            again = *more && bulk;
             this.st.with(py, |s| s.bulk = bulk);
         }
         // The re-arm, when needed, is read_ready_data's, after its last read.
-        let read = read.map(|r| r.map(|(data, _)| (data, false)));
         Self::finish_read(
             slf,
             read,
@@ -875,7 +898,7 @@ impl StreamTransport {
                     }
                     // SAFETY: the buffer is writable, C-contiguous and `v.len` bytes
                     // long, and stays exported (neither moved nor freed) for this call.
-                    let read = unsafe { socket_io::recv_raw(this.fd, v.ptr, v.len) };
+                    let read = unsafe { this.recv_raw(v.ptr, v.len) };
                     Ok((read, v.len))
                 })
             });
@@ -888,7 +911,7 @@ impl StreamTransport {
         };
         Self::finish_read(
             slf,
-            read.map(|n| (n > 0).then_some((n, n == len))),
+            read.map(|(n, cut)| (n > 0).then_some((n, cut || n == len))),
             |n| {
                 protocol
                     .call_method1(intern!(py, "buffer_updated"), (n,))
@@ -903,13 +926,15 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let read = this.lp.get().with_read_buf(py, |buf| {
-            let n = socket_io::recv(this.fd, buf)?;
+            // SAFETY: `buf` is the loop's read buffer, writable for its length and
+            // borrowed for the whole call.
+            let (n, cut) = unsafe { this.recv_raw(buf.as_mut_ptr(), buf.len()) }?;
             // Only the copy into the BIO happens while the buffer is borrowed; the
             // protocol (which may call back into the loop) runs after.
             Ok((n > 0).then(|| {
                 (
                     TlsProtocol::data_from_socket(tls, &buf[..n]),
-                    n == buf.len(),
+                    cut || n == buf.len(),
                 )
             }))
         });

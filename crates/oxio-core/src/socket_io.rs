@@ -39,6 +39,37 @@ pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize>
     }
 }
 
+/// Reads into the raw region `ptr..ptr+len` with `recvmsg`, giving ancillary data no
+/// room. Returns the byte count and whether the kernel dropped ancillary data
+/// (descriptors, credentials) for want of room: a Unix stream read ends after the data
+/// that carried it even when more bytes wait, so a reader that relies on readiness edges
+/// must read again.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+pub unsafe fn recv_raw_msg(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<(usize, bool)> {
+    let mut iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    loop {
+        // SAFETY: an all-zero msghdr is valid (no name, no control); it then points at
+        // the one iovec above, which outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: the caller guarantees `ptr..ptr+len` is writable; `msg` is valid.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if n >= 0 {
+            return Ok((n as usize, msg.msg_flags & libc::MSG_CTRUNC != 0));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Largest total that [`write_slices`] gathers into one buffer instead of handing the
 /// kernel a vector: for a few small slices, one copy in user space costs less than
 /// `sendmsg` importing the message and its iovecs (about 50 ns less per call for two
@@ -242,6 +273,43 @@ mod tests {
         assert_eq!(bytes_readable(a.as_raw_fd()).unwrap(), 0);
         b.write_all(b"12345").unwrap();
         assert_eq!(bytes_readable(a.as_raw_fd()).unwrap(), 5);
+    }
+
+    #[test]
+    fn recv_raw_msg_reports_a_read_cut_short_at_passed_descriptors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let passed = [b.as_raw_fd()];
+        let mut space = [0u64; 8];
+        // SAFETY: CMSG_SPACE only computes a size.
+        let control_len = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&passed) as u32) };
+        let mut iov = libc::iovec {
+            iov_base: b"first".as_ptr() as *mut libc::c_void,
+            iov_len: 5,
+        };
+        // SAFETY: an all-zero msghdr is valid; it is then pointed at live buffers, and
+        // the one control message written fits `space` (CMSG_SPACE of one descriptor).
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr().cast();
+            msg.msg_controllen = control_len as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&passed) as u32) as usize;
+            std::ptr::copy_nonoverlapping(passed.as_ptr(), libc::CMSG_DATA(cmsg).cast(), 1);
+            assert_eq!(libc::sendmsg(b.as_raw_fd(), &msg, 0), 5);
+        }
+        (&b).write_all(b"second").unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: `buf` is writable for its length.
+        let got = unsafe { recv_raw_msg(a.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        assert_eq!(got.unwrap(), (5, true));
+        // SAFETY: as above.
+        let got = unsafe { recv_raw_msg(a.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        assert_eq!(got.unwrap(), (6, false));
+        assert_eq!(&buf[..6], b"second");
     }
 
     #[test]
