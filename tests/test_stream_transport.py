@@ -133,6 +133,34 @@ async def recv_until_eof(loop, sock):
     return bytes(out)
 
 
+async def receive_all(loop, sock, want, buffered=False):
+    """A transport for `sock` with a collecting protocol (buffered or not); returns
+    (transport, protocol) once `want` bytes have arrived, failing after 10 s."""
+    done = loop.create_future()
+
+    def check(protocol):
+        if len(protocol.data) == want and not done.done():
+            done.set_result(None)
+
+    class UntilData(Collect):
+        def data_received(self, chunk):
+            super().data_received(chunk)
+            check(self)
+
+    class UntilBuffered(BufferedCollect):
+        def __init__(self):
+            super().__init__(1 << 20)
+
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            check(self)
+
+    factory = UntilBuffered if buffered else UntilData
+    tr, pr = await loop.connect_accepted_socket(factory, sock)
+    await asyncio.wait_for(done, 10)
+    return tr, pr
+
+
 def test_transport_is_an_asyncio_transport(loop):
     async def main():
         tr, pr, peer = await tcp_pair(loop, Collect)
@@ -714,16 +742,7 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
         pytest.skip(f"the kernel caps SO_SNDBUF (net.core.wmem_max): {queued} bytes queued")
 
     async def main():
-        done = loop.create_future()
-
-        class Until(Collect):
-            def data_received(self, chunk):
-                super().data_received(chunk)
-                if len(self.data) == queued and not done.done():
-                    done.set_result(None)
-
-        tr, pr = await loop.connect_accepted_socket(Until, a)
-        await asyncio.wait_for(done, 10)
+        tr, pr = await receive_all(loop, a, queued)
         assert pr.data == data[:queued]
         tr.close()
         await asyncio.wait_for(pr.lost, 5)
@@ -762,30 +781,7 @@ def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
         os.close(w)
 
     async def main():
-        done = loop.create_future()
-        want = len(first) + len(rest)
-
-        if kind == "protocol":
-
-            class Until(Collect):
-                def data_received(self, chunk):
-                    super().data_received(chunk)
-                    if len(self.data) == want and not done.done():
-                        done.set_result(None)
-
-        else:
-
-            class Until(BufferedCollect):
-                def __init__(self):
-                    super().__init__(1 << 20)
-
-                def buffer_updated(self, nbytes):
-                    super().buffer_updated(nbytes)
-                    if len(self.data) == want and not done.done():
-                        done.set_result(None)
-
-        tr, pr = await loop.connect_accepted_socket(Until, a)
-        await asyncio.wait_for(done, 5)
+        tr, pr = await receive_all(loop, a, len(first) + len(rest), kind == "buffered")
         assert pr.data == first + rest
         tr.close()
 
