@@ -8,6 +8,7 @@ Certificates are the ones CPython's own asyncio tests use: ONLYCERT is self-sign
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import gc
@@ -724,6 +725,54 @@ def test_garbage_after_the_handshake_is_an_ssl_error(loop):
     assert isinstance(exc, ssl.SSLError)
     assert data == b"ready"
     assert errors == []
+
+
+def test_records_behind_passed_descriptors_are_not_stranded(loop):
+    """Over a Unix socket, a read stops after data that carried descriptors, though more
+    waits behind it (see test_stream_transport). The client's last handshake flight and
+    a first record go with a descriptor, a second record follows, all queued before the
+    server reads again, and the peer then goes silent: both records must arrive."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    first, second = b"first record " * 500, PAYLOAD[:100_000]
+
+    async def main():
+        server = asyncio.ensure_future(
+            loop.connect_accepted_socket(Client, a, ssl=server_context())
+        )
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                await loop.sock_sendall(b, outgoing.read())
+            incoming.write(await asyncio.wait_for(loop.sock_recv(b, 65536), 5))
+        # No await from here to the last send: the server cannot read in between.
+        tls.write(first)
+        flight = outgoing.read()
+        tls.write(second)
+        rest = outgoing.read()
+        r, w = os.pipe()
+        try:
+            fds = array.array("i", [r])
+            assert b.sendmsg([flight], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]) == len(flight)
+            assert b.send(rest) == len(rest)
+        finally:
+            os.close(r)
+            os.close(w)
+        tr, pr = await asyncio.wait_for(server, 5)
+        got = await asyncio.wait_for(pr.received(len(first) + len(second)), 5)
+        assert got == first + second
+        tr.abort()
+
+    try:
+        run(loop, main(), timeout=15)
+    finally:
+        b.close()
 
 
 # -- plain text on a TLS port -----------------------------------------------------------
