@@ -789,3 +789,45 @@ def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
         run(loop, main())
     finally:
         b.close()
+
+
+def test_switching_to_a_buffered_protocol_mid_backlog(loop):
+    # data_received hands the transport to a BufferedProtocol while a backlog of several
+    # full reads waits: the rest must reach the new protocol's buffer, as in asyncio.
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    b.settimeout(5)
+    data = PAYLOAD * 2
+    try:
+        b.sendall(data)
+    except TimeoutError:
+        a.close()
+        b.close()
+        pytest.skip("the kernel caps SO_SNDBUF (net.core.wmem_max) below what must be queued")
+
+    async def main():
+        done = loop.create_future()
+
+        class Second(BufferedCollect):
+            def buffer_updated(self, nbytes):
+                super().buffer_updated(nbytes)
+                if len(first.data) + len(self.data) == len(data) and not done.done():
+                    done.set_result(None)
+
+        second = Second(65536)
+
+        class First(Collect):
+            def data_received(self, chunk):
+                super().data_received(chunk)
+                self.transport.set_protocol(second)
+
+        tr, first = await loop.connect_accepted_socket(First, a)
+        await asyncio.wait_for(done, 5)
+        assert first.data + second.data == data
+        assert len(first.data) < len(data)
+        tr.close()
+
+    try:
+        run(loop, main())
+    finally:
+        b.close()

@@ -762,8 +762,9 @@ impl StreamTransport {
 
     /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to
     /// `BULK_READS_PER_EVENT` times, stopping as soon as the protocol paused reading or
-    /// the transport began closing. Only a descriptor left with data it was told about
-    /// is re-armed, once: new data raises an edge of its own.
+    /// the transport began closing, or when `set_protocol()` swapped in a
+    /// `BufferedProtocol`. Only a descriptor left with data it was told about is re-armed,
+    /// once: new data raises an edge of its own.
     fn read_ready_data(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -773,8 +774,14 @@ impl StreamTransport {
             if !Self::read_once_data(slf, &mut waiting)? {
                 return Ok(());
             }
-            if !this.st.with(py, |s| s.reading && !s.paused && !s.closing) {
-                return Ok(());
+            let (go_on, switched) = this
+                .st
+                .with(py, |s| (s.reading && !s.paused && !s.closing, s.buffered));
+            if !go_on {
+                return Ok(()); // resume_reading watches again; a closing transport reads no more
+            }
+            if switched {
+                break; // set_protocol() gave it a BufferedProtocol: the next event fills its buffer
             }
         }
         this.lp.get().request_rearm(py, this.fd);
