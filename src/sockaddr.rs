@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
+use oxio_core::addr::format_ipv6;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
@@ -25,18 +26,6 @@ impl RawAddr {
     pub(crate) fn to_py<'py>(self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         sockaddr_to_py(py, &self.storage, self.len)
     }
-}
-
-/// An IPv6 address spelled as glibc's `inet_ntop` (and so Python's socket module) spells
-/// it: Rust's spelling except for the IPv4-compatible form, where exactly the first six
-/// groups are zero (`::1.2.3.4`; `::1` and `::` are not of it).
-fn ipv6_text(ip: &std::net::Ipv6Addr) -> String {
-    let s = ip.segments();
-    if s[..6] == [0; 6] && s[6] != 0 {
-        let [.., a, b, c, d] = ip.octets();
-        return format!("::{a}.{b}.{c}.{d}");
-    }
-    ip.to_string()
 }
 
 /// `getsockname` (`peer` false) or `getpeername` (`peer` true) of `fd`.
@@ -79,7 +68,7 @@ pub(crate) fn sockaddr_to_py<'py>(
             let port = u16::from_be(sin6.sin6_port);
             let flow = u32::from_be(sin6.sin6_flowinfo);
             Ok(Some(
-                (ipv6_text(&ip), port, flow, sin6.sin6_scope_id)
+                (format_ipv6(ip), port, flow, sin6.sin6_scope_id)
                     .into_pyobject(py)?
                     .into_any(),
             ))
