@@ -133,6 +133,30 @@ async def recv_until_eof(loop, sock):
     return bytes(out)
 
 
+def backlogged_pair(*parts):
+    """A Unix socket pair whose first end already has `parts` queued towards it, in
+    order; a part is bytes, or (bytes, descriptors) to send the descriptors with it.
+    Skips the test when the kernel's cap on SO_SNDBUF (net.core.wmem_max) cannot hold
+    them all, since then they cannot all wait before the reader starts."""
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+    b.setblocking(False)
+    try:
+        for part in parts:
+            data, fds = part if isinstance(part, tuple) else (part, None)
+            ancillary = []
+            if fds:
+                ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds)))
+            sent = b.sendmsg([data], ancillary)
+            while sent < len(data):
+                sent += b.send(data[sent:])
+    except BlockingIOError:
+        a.close()
+        b.close()
+        pytest.skip("the kernel caps SO_SNDBUF (net.core.wmem_max) below the backlog")
+    return a, b
+
+
 async def receive_all(loop, sock, want, buffered=False):
     """A transport for `sock` with a collecting protocol (buffered or not); returns
     (transport, protocol) once `want` bytes have arrived, failing after 10 s."""
@@ -726,24 +750,12 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
     # Everything is queued before the transport exists and the peer then stays silent,
     # so the one readiness edge must carry the whole backlog: the transport stops after
     # a few bulk reads per event and must ask the next poll to report the rest.
-    a, b = socket.socketpair()
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
-    b.setblocking(False)
     data = PAYLOAD * 3 + b"end"
-    queued = 0
-    try:
-        while queued < len(data):
-            queued += b.send(data[queued : queued + 65536])
-    except BlockingIOError:
-        pass
-    if queued <= 2 * 1024 * 1024:
-        a.close()
-        b.close()
-        pytest.skip(f"the kernel caps SO_SNDBUF (net.core.wmem_max): {queued} bytes queued")
+    a, b = backlogged_pair(data)
 
     async def main():
-        tr, pr = await receive_all(loop, a, queued)
-        assert pr.data == data[:queued]
+        tr, pr = await receive_all(loop, a, len(data))
+        assert pr.data == data
         tr.close()
         await asyncio.wait_for(pr.lost, 5)
 
@@ -760,25 +772,15 @@ def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
     # discards), though more bytes wait behind it. The peer is silent afterwards, so no
     # new readiness edge comes: the transport must notice the stop and read on. With a
     # lead of plain data the stop falls in a read sized by the kernel's count.
-    a, b = socket.socketpair()
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    lead_data = PAYLOAD[-lead:] if lead else b""
+    first, rest = b"with-fds" * 1000, PAYLOAD[:100_000]
     r, w = os.pipe()
-    first = PAYLOAD[-lead:] if lead else b""
-    first += b"with-fds" * 1000
-    rest = PAYLOAD[:100_000]
-    b.settimeout(5)
     try:
-        if lead:
-            b.sendall(first[:lead])
-        b.sendmsg([first[lead:]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
-        b.sendall(rest)
-    except TimeoutError:
-        a.close()
-        b.close()
-        pytest.skip("the kernel caps SO_SNDBUF (net.core.wmem_max) below what must be queued")
+        a, b = backlogged_pair(lead_data, (first, [r]), rest)
     finally:
         os.close(r)
         os.close(w)
+    first = lead_data + first
 
     async def main():
         tr, pr = await receive_all(loop, a, len(first) + len(rest), kind == "buffered")
@@ -794,16 +796,8 @@ def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
 def test_switching_to_a_buffered_protocol_mid_backlog(loop):
     # data_received hands the transport to a BufferedProtocol while a backlog of several
     # full reads waits: the rest must reach the new protocol's buffer, as in asyncio.
-    a, b = socket.socketpair()
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-    b.settimeout(5)
     data = PAYLOAD * 2
-    try:
-        b.sendall(data)
-    except TimeoutError:
-        a.close()
-        b.close()
-        pytest.skip("the kernel caps SO_SNDBUF (net.core.wmem_max) below what must be queued")
+    a, b = backlogged_pair(data)
 
     async def main():
         done = loop.create_future()
