@@ -4,12 +4,11 @@
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
-/// Reads into `buf` with `recv(2)`. `Ok(0)` is end of file.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Runs a system call until it is not interrupted: its non-negative result, or the OS
+/// error it set.
+fn retrying(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the whole
-        // call; the kernel writes at most that many.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -20,23 +19,21 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads into `buf` with `recv(2)`. `Ok(0)` is end of file.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the whole call.
+    unsafe { recv_raw(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
 /// Reads into the raw region `ptr..ptr+len` (a buffer owned by Python, for
 /// `BufferedProtocol` and `sock_recv_into`).
 ///
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
 pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: the caller guarantees `ptr..ptr+len` is writable.
-        let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: the caller guarantees `ptr..ptr+len` is writable; the kernel writes at
+    // most `len` bytes.
+    retrying(|| unsafe { libc::recv(fd, ptr.cast(), len, 0) })
 }
 
 /// Reads into the raw region `ptr..ptr+len` with `recvmsg`, giving ancillary data no
@@ -52,22 +49,14 @@ pub unsafe fn recv_raw_msg(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<(u
         iov_base: ptr.cast(),
         iov_len: len,
     };
-    loop {
-        // SAFETY: an all-zero msghdr is valid (no name, no control); it then points at
-        // the one iovec above, which outlives the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        // SAFETY: the caller guarantees `ptr..ptr+len` is writable; `msg` is valid.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-        if n >= 0 {
-            return Ok((n as usize, msg.msg_flags & libc::MSG_CTRUNC != 0));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: an all-zero msghdr is valid (no name, no control); it then points at the
+    // one iovec above, which outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: the caller guarantees `ptr..ptr+len` is writable; `msg` is valid.
+    let n = retrying(|| unsafe { libc::recvmsg(fd, &mut msg, 0) })?;
+    Ok((n, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// Largest total that [`write_slices`] gathers into one buffer instead of handing the
@@ -161,19 +150,11 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// Copies up to `count` bytes from `in_fd` at `*offset` to the socket `out_fd` in the
 /// kernel, advancing `*offset` by what was sent. `Ok(0)` means end of file.
 pub fn sendfile(out_fd: RawFd, in_fd: RawFd, offset: &mut i64, count: usize) -> io::Result<usize> {
-    loop {
-        let mut off: libc::off_t = *offset as libc::off_t;
-        // SAFETY: `off` is a valid, exclusively borrowed off_t for the call.
-        let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) };
-        if n >= 0 {
-            *offset = off as i64;
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let mut off: libc::off_t = *offset as libc::off_t;
+    // SAFETY: `off` is a valid, exclusively borrowed off_t for the call.
+    let n = retrying(|| unsafe { libc::sendfile(out_fd, in_fd, &mut off, count) })?;
+    *offset = off as i64;
+    Ok(n)
 }
 
 /// How many bytes wait to be read (`FIONREAD`).
