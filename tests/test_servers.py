@@ -294,8 +294,6 @@ def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
     # As asyncio's transports: sockname and peername are what the socket says, and
     # stay readable after the connection is lost. A wildcard listener's connections
     # report the address they were reached on.
-    if host == "::1" and not socket.has_ipv6:
-        pytest.skip("no IPv6")
 
     class Keep(asyncio.Protocol):
         def __init__(self, made, lost):
