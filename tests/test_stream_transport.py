@@ -762,7 +762,7 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
     # Everything is queued before the transport exists and the peer then stays silent,
     # so the one readiness edge must carry the whole backlog: the transport stops after
     # a few bulk reads per event and must ask the next poll to report the rest.
-    data = PAYLOAD + PAYLOAD[:300_000]  # a run stops after four 256 KiB reads
+    data = PAYLOAD * 2 + PAYLOAD[:300_000]  # a run stops after eight 250 KiB reads
     a, b = backlogged_pair(data)
 
     async def main():
@@ -777,7 +777,7 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
         b.close()
 
 
-# A lead past one 256 KiB read puts the stop in the read sized by FIONREAD.
+# A lead past one 250 KiB read puts the stop in the read sized by FIONREAD.
 @pytest.mark.parametrize("lead", [0, 270_000], ids=["first-read", "bulk-read"])
 @pytest.mark.parametrize("kind", ["protocol", "buffered"])
 def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
@@ -809,7 +809,7 @@ def test_bytes_behind_passed_descriptors_are_not_stranded(loop, kind, lead):
 def test_switching_to_a_buffered_protocol_mid_backlog(loop):
     # data_received hands the transport to a BufferedProtocol while a backlog of several
     # full reads waits: the rest must reach the new protocol's buffer, as in asyncio.
-    data = PAYLOAD[:300_000]  # more than one 256 KiB read
+    data = PAYLOAD[:300_000]  # more than one 250 KiB read
     a, b = backlogged_pair(data)
 
     async def main():
