@@ -14,13 +14,14 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyMemoryView};
 
 use crate::event_loop::{os_error, Loop};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
 use crate::handle::Handle;
 use crate::handles::stream::recv_into_new_bytes;
+use crate::py_buffer::with_buffer;
 
 /// `ssl.SSLSocket`, or `None` without an `ssl` module.
 fn ssl_socket_class(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
@@ -97,15 +98,13 @@ fn recv_into(fd: RawFd, buf: &PyBuffer<u8>) -> std::io::Result<usize> {
     unsafe { socket_io::recv_raw(fd, buf.buf_ptr() as *mut u8, buf.len_bytes()) }
 }
 
-fn writable_buffer(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
-    let buf = PyBuffer::<u8>::get(obj)?;
-    if buf.readonly() {
-        return Err(PyTypeError::new_err("buffer is read-only"));
-    }
-    if !buf.is_c_contiguous() {
-        return Err(PyValueError::new_err("buffer is not contiguous"));
-    }
-    Ok(buf)
+/// A lasting export of `obj` as bytes, whatever its item format (`socket.recv_into`
+/// and `socket.send` take any contiguous buffer), for an operation that must wait; it
+/// also keeps a bytearray from being resized meanwhile, as asyncio's memoryview does.
+fn lasting_byte_buffer(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let py = obj.py();
+    let bytes_view = PyMemoryView::from(obj)?.call_method1(intern!(py, "cast"), ("B",))?;
+    PyBuffer::<u8>::get(&bytes_view)
 }
 
 /// What a waiting socket operation does when its descriptor is ready.
@@ -261,7 +260,7 @@ pub fn sock_recv<'py>(
     }
     let n = n as usize;
     let attempt = recv_bytes(lp.get(), py, fd, n)?.map(Bound::into_any);
-    done_or_wait(lp, sock, fd, Side::Read, attempt, || Op::Recv(n))
+    done_or_wait(lp, sock, fd, Side::Read, attempt, || Ok(Op::Recv(n)))
 }
 
 /// A first attempt's outcome: its result, its error, or (when the socket would block)
@@ -272,11 +271,11 @@ fn done_or_wait<'py>(
     fd: RawFd,
     side: Side,
     attempt: std::io::Result<Bound<'py, PyAny>>,
-    op: impl FnOnce() -> Op,
+    op: impl FnOnce() -> PyResult<Op>,
 ) -> PyResult<Bound<'py, PyAny>> {
     match attempt {
         Ok(result) => Ok(result),
-        Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, side, op()),
+        Err(e) if would_block(&e) => SockWaiter::start(lp, sock, fd, side, op()?),
         Err(e) => Err(os_error(e)),
     }
 }
@@ -290,12 +289,26 @@ pub fn sock_recv_into<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
     let fd = check_sock(lp.get(), sock)?;
-    let buffer = writable_buffer(buf)?;
-    let attempt = match recv_into(fd, &buffer) {
+    // The first attempt exports the buffer on the stack (no heap allocation); only an
+    // operation that must wait takes a lasting export.
+    let attempt = with_buffer(buf, |view| {
+        if view.readonly {
+            return Err(PyTypeError::new_err("buffer is read-only"));
+        }
+        if !view.contiguous {
+            return Err(PyValueError::new_err("buffer is not contiguous"));
+        }
+        // SAFETY: the view is writable, contiguous and exported for `len` bytes for
+        // the length of the call.
+        Ok(unsafe { socket_io::recv_raw(fd, view.ptr, view.len) })
+    })?;
+    let attempt = match attempt {
         Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
         Err(e) => Err(e),
     };
-    done_or_wait(lp, sock, fd, Side::Read, attempt, || Op::RecvInto(buffer))
+    done_or_wait(lp, sock, fd, Side::Read, attempt, || {
+        lasting_byte_buffer(buf).map(Op::RecvInto)
+    })
 }
 
 /// `sock_sendall`'s first attempt: `None` when everything went, or a future.
@@ -307,21 +320,22 @@ pub fn sock_sendall<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
     let fd = check_sock(lp.get(), sock)?;
-    let buffer = PyBuffer::<u8>::get(data)?;
-    if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("data is not contiguous"));
-    }
-    // SAFETY: `buffer` keeps the region exported for the call.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
-    let sent = match socket_io::send(fd, bytes) {
-        Ok(n) => n,
-        Err(e) if would_block(&e) => 0,
-        Err(e) => return Err(os_error(e)),
-    };
-    if sent == bytes.len() {
+    // The first attempt exports the buffer on the stack: a boxed export per call was a
+    // heap allocation per send, and only a send that must wait needs one that lasts.
+    let (sent, len) = with_buffer(data, |view| {
+        let bytes = view
+            .bytes()
+            .ok_or_else(|| PyValueError::new_err("data is not contiguous"))?;
+        match socket_io::send(fd, bytes) {
+            Ok(n) => Ok((n, bytes.len())),
+            Err(e) if would_block(&e) => Ok((0, bytes.len())),
+            Err(e) => Err(os_error(e)),
+        }
+    })?;
+    if sent == len {
         return Ok(py.None().into_bound(py));
     }
+    let buffer = lasting_byte_buffer(data)?;
     SockWaiter::start(
         lp,
         sock,

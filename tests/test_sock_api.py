@@ -3,6 +3,7 @@ leaves no watch behind, and sendfile with its fallback."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import io
 import socket
@@ -37,6 +38,52 @@ def test_sendall_and_recv_move_every_byte(loop):
             while n < 10:
                 n += await loop.sock_recv_into(b, memoryview(buf)[n:])
             assert buf == b"0123456789"
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("kind", ["array", "bytearray"])
+def test_sendall_takes_any_buffer_and_holds_it_while_waiting(loop, kind):
+    # socket.send takes any contiguous buffer of bytes, signed ones too; a send that
+    # must wait keeps its buffer exported, so a bytearray cannot be resized under it.
+    data = array.array("b", PAYLOAD) if kind == "array" else bytearray(PAYLOAD)
+    expected = PAYLOAD
+
+    async def main():
+        a, b = pair()
+        with a, b:
+            sender = asyncio.ensure_future(loop.sock_sendall(a, data))
+            await asyncio.sleep(0)
+            assert not sender.done()
+            if kind == "bytearray":
+                with pytest.raises(BufferError):
+                    data.extend(b"more")
+            got = bytearray()
+            while len(got) < len(expected):
+                got += await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+            await asyncio.wait_for(sender, 5)
+            assert got == expected
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["ready", "waits"])
+def test_recv_into_takes_any_writable_buffer(loop, waits):
+    # socket.recv_into fills any writable contiguous buffer, whatever its item format,
+    # and says how many bytes it wrote; the same when the read has to wait.
+    async def main():
+        a, b = pair()
+        with a, b:
+            target = array.array("i", [0] * 4)
+            if not waits:
+                a.send(b"0123456789abcdef")
+            receiver = asyncio.ensure_future(loop.sock_recv_into(b, target))
+            await asyncio.sleep(0)
+            if waits:
+                assert not receiver.done()
+                a.send(b"0123456789abcdef")
+            assert await asyncio.wait_for(receiver, 5) == 16
+            assert target.tobytes() == b"0123456789abcdef"
 
     run(loop, main())
 
