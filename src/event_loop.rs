@@ -32,13 +32,8 @@ use crate::py_refs;
 
 const WAKER_TOKEN: usize = usize::MAX;
 
-/// Most bytes one read of a stream transport takes: about asyncio's `max_size` (256 KiB),
-/// but not a power of two. An echo writes what it read, and loopback TCP cuts a write
-/// into 65,482-byte segments: 256 KiB left a 216-byte segment at the end of every write,
-/// one more packet and wake-up of the peer for almost no data. 250 KiB (uvloop's size)
-/// ends in a 59,554-byte segment; a 1 MiB Protocol echo went from 2,521-3,742 to
-/// 3,228-3,518 requests/s (five interleaved runs each).
-pub(crate) const READ_BUFFER_SIZE: usize = 250 * 1024;
+/// The loop's read buffer: asyncio's `max_size`, and the most `sock_recv` reads through it.
+pub(crate) const READ_BUFFER_SIZE: usize = 256 * 1024;
 
 /// A heap entry: the timer's handle. Its cancellation flag is the handle's.
 struct Timer(Py<Handle>);
