@@ -13,6 +13,7 @@ import pytest
 from conftest import run
 
 PAYLOAD = bytes(range(256)) * 8192  # 2 MiB
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 def pair():
@@ -84,6 +85,49 @@ def test_recv_into_takes_any_writable_buffer(loop, waits):
                 a.send(b"0123456789abcdef")
             assert await asyncio.wait_for(receiver, 5) == 16
             assert target.tobytes() == b"0123456789abcdef"
+
+    run(loop, main())
+
+
+def test_a_bulk_receive_lets_other_tasks_run_between_full_reads(oxloop):
+    # An oxio choice (asyncio reads again at once): once sock_recv has filled the
+    # caller's buffer, the next one on that socket waits for the next poll, so a bulk
+    # transfer is read in turns with the other ready tasks instead of all in one step.
+    loop = oxloop
+    data = bytes(range(256)) * 2048  # 512 KiB: eight full 64 KiB reads
+
+    async def main():
+        a, b = pair()
+        with a, b:
+            # All of it queued first, so that every read can be full at once.
+            try:
+                a.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * len(data))
+            except PermissionError:
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * len(data))
+            try:
+                a.sendall(data)
+            except BlockingIOError:
+                pytest.skip("the send buffer cannot hold the backlog (unprivileged)")
+            ticks = 0
+            seen = []
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            t = asyncio.ensure_future(ticker())
+            got = bytearray()
+            async with asyncio.timeout(5):  # no wait_for: its task would yield too
+                while len(got) < len(data):
+                    got += await loop.sock_recv(b, 65536)
+                    seen.append(ticks)
+            t.cancel()
+            assert got == data
+            # Every full read after the first let the ticker run before the next.
+            full = [i for i in range(1, len(seen)) if seen[i] > seen[i - 1]]
+            assert len(full) >= len(seen) - 2, seen
 
     run(loop, main())
 
