@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import array
 import asyncio
+import fcntl
 import logging
 import os
 import socket
 import struct
 import tempfile
+import termios
 
 import pytest
 from conftest import run, run_until
@@ -167,6 +169,18 @@ def backlogged_pair(*parts):
             " raise net.core.wmem_max, or run as root"
         )
     return a, b
+
+
+def unread(fd):
+    """Bytes waiting in a socket's receive queue."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+async def until(condition):
+    """Returns once `condition()` holds, looking once per loop iteration (the caller
+    bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0)
 
 
 async def receive_all(loop, sock, want, buffered=False):
@@ -730,6 +744,33 @@ def test_write_eof_after_mutable_write(loop, kind):
         tr.write(kind(PAYLOAD))
         tr.write_eof()
         assert await recv_until_eof(loop, peer) == PAYLOAD
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_a_larger_message_after_equal_ones_is_read_whole(loop):
+    # Equal messages, each read at once, then a larger one that waits whole in the
+    # socket while the peer stays silent (no new readiness edge): the read sized for
+    # the usual message comes back full, and the transport must read on.
+    msg, big = PAYLOAD[:65536], PAYLOAD[-150_000:]
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        fd = tr.get_extra_info("socket").fileno()
+        tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for sent in (len(msg), 2 * len(msg)):
+            await loop.sock_sendall(peer, msg)
+            await asyncio.wait_for(until(lambda n=sent: len(pr.data) == n), 5)
+        expected = msg + msg
+        tr.pause_reading()
+        await loop.sock_sendall(peer, big)
+        await asyncio.wait_for(until(lambda: unread(fd) == len(big)), 5)
+        tr.resume_reading()
+        await asyncio.wait_for(until(lambda: len(pr.data) == len(expected) + len(big)), 5)
+        assert pr.data == expected + big
         tr.close()
         peer.close()
         await pr.lost

@@ -173,6 +173,9 @@ struct State {
     /// The last read filled the buffer: the peer is streaming, so reads go straight
     /// into a new `bytes` (trimmed to size) instead of through the loop's buffer.
     bulk: bool,
+    /// The size of the last run of reads when it was one large read that emptied the
+    /// socket (0 otherwise): a TCP peer exchanging messages of one size.
+    one_read: usize,
     /// The write side was shut down (after `write_eof()` and the flush).
     eof_sent: bool,
     conn_lost: u32,
@@ -287,6 +290,7 @@ pub(crate) fn start_stream_transport<'py>(
                 eof: false,
                 eof_sent: false,
                 bulk: false,
+                one_read: 0,
                 conn_lost: 0,
                 paused: false,
                 protocol_paused: false,
@@ -780,8 +784,8 @@ impl StreamTransport {
         let this = slf.get();
         // What the kernel said was waiting and is not read yet (0: unknown or none).
         let mut waiting = 0;
-        for _ in 0..BULK_READS_PER_EVENT {
-            if !Self::read_once_data(slf, &mut waiting)? {
+        for i in 0..BULK_READS_PER_EVENT {
+            if !Self::read_once_data(slf, &mut waiting, i == 0)? {
                 return Ok(());
             }
             let (go_on, switched) = this
@@ -800,29 +804,50 @@ impl StreamTransport {
 
     /// One read and its delivery; true when more data is known or likely to be waiting.
     /// `waiting` carries the kernel's count of unread bytes from one read to the next,
-    /// so that only the first read of a run asks for it.
-    fn read_once_data(slf: &Bound<'_, Self>, waiting: &mut usize) -> PyResult<bool> {
+    /// so that only the first read of a run asks for it; `first` says this is that read.
+    fn read_once_data(slf: &Bound<'_, Self>, waiting: &mut usize, first: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
+        let (bulk, one_read) = this.st.with(py, |s| (s.bulk, s.one_read));
+        // A TCP peer whose last message came in one read most likely sends the same size
+        // again: a read one byte larger than that needs no count from the kernel, since
+        // a short TCP read means the socket is empty (an ioctl saved per message, 2% of
+        // a 64 KiB echo's server time). A Unix read may stop short with data left.
+        let guess = if first && one_read > 0 && !this.cut_reads {
+            (one_read + 1).min(MAX_READ)
+        } else {
+            0
+        };
         let pending = if *waiting > 0 {
             *waiting
-        } else if this.st.with(py, |s| s.bulk) {
+        } else if guess > 0 {
+            guess
+        } else if bulk {
             socket_io::bytes_readable(this.fd).unwrap_or(0)
         } else {
             0
         };
         let mut again = false;
+        let mut emptied_by = 0;
         let read = if pending >= BULK_READ {
-            // Sized by the kernel's count: no over-allocation to trim, no copy.
+            // Sized by the kernel's count (or the guess): no copy.
             let want = pending.min(MAX_READ);
             recv_into_new_bytes(py, this.fd, want)?.map(|r| {
                 r.map(|(b, _)| {
                     let got = b.as_bytes().len();
-                    // A read shorter than the count (a Unix socket stops after ancillary
-                    // data) says nothing of what is left: look again.
-                    *waiting = if got == want { pending - got } else { 0 };
-                    again = got < want || *waiting > 0;
+                    if guess > 0 {
+                        *waiting = 0;
+                        again = got == want;
+                    } else {
+                        // A read shorter than the count (a Unix socket stops after
+                        // ancillary data) says nothing of what is left: look again.
+                        *waiting = if got == want { pending - got } else { 0 };
+                        again = got < want || *waiting > 0;
+                    }
+                    if !again {
+                        emptied_by = got;
+                    }
                     (b, false)
                 })
             })
@@ -837,6 +862,8 @@ impl StreamTransport {
                 Ok((n > 0).then(|| (PyBytes::new(py, &buf[..n]), false)))
             })
         };
+        let one_read = if first { emptied_by } else { 0 };
+        this.st.with(py, |s| s.one_read = one_read);
         if let Ok(Some((data, _))) = &read {
             let bulk = data.as_bytes().len() >= BULK_READ;
             this.st.with(py, |s| s.bulk = bulk);
