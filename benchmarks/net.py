@@ -12,7 +12,9 @@ and after, divided by every round trip the load generator made, warm-up included
 
 Servers run in shuffled order in each of `--rounds` rounds; each row reports its best round
 (highest rps). Ratios are against the best of uvloop and rloop for the same row, and against
-the ceiling for the same size.
+the ceiling for the same size. A second table gives, per loop and size, `header_body`'s best
+rps over `one_write`'s: the same server work with the reply sent in two writes or in one,
+so the ratio is what a second write costs that loop.
 
 TLS rows (`--tls`): the `--tls-kinds` servers (default protocol and streams) serve TLS 1.3
 over TCP (`ssl=` an SSLContext, the same for every loop: see tls_certs.py) at the
@@ -402,6 +404,41 @@ def table(rows: list[Row], loops: list[str]) -> str:
     return "\n".join(lines)
 
 
+def second_write_table(rows: list[Row], loops: list[str]) -> str:
+    """What the second write costs each loop: header_body's best rps over one_write's (the
+    same server work with the reply in one write), per transport and size; empty when the
+    run lacks either kind."""
+    by_key = {row.key: row for row in rows}
+    lines: list[str] = []
+    for transport in TRANSPORTS:
+        sizes = sorted(
+            {r.size for r in rows if r.kind == "header_body" and r.transport == transport}
+        )
+        cells_by_loop = []
+        for loop in loops:
+            cells = []
+            for size in sizes:
+                two = by_key.get(("header_body", transport, size, loop))
+                one = by_key.get(("one_write", transport, size, loop))
+                two_best, one_best = (two.best() if two else None), (one.best() if one else None)
+                cells.append(
+                    ratio(two_best["rps"], one_best["rps"]) if two_best and one_best else "-"
+                )
+            cells_by_loop.append((loop, cells))
+        if not sizes or all(c == "-" for _, cells in cells_by_loop for c in cells):
+            continue
+        if not lines:
+            lines.append(
+                "header + body against one write (header_body rps / one_write rps; "
+                "1.00x: the second write is free)"
+            )
+        lines.append("")
+        lines.append(f"| {transport} | " + " | ".join(size_label(s) for s in sizes) + " |")
+        lines.append("|" + "---|" * (len(sizes) + 1))
+        lines.extend(f"| {loop} | " + " | ".join(cells) + " |" for loop, cells in cells_by_loop)
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -509,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report = table(rows, loops)
     print(report)
+    second = second_write_table(rows, loops)
+    if second:
+        print()
+        print(second)
     failed: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         if row.best() is None:
