@@ -68,12 +68,6 @@ impl<T> GilCell<T> {
     }
 }
 
-/// An optional Python reference that can be cleared while shared, guarded by the GIL.
-///
-/// Cheaper than a [`GilCell`] (no borrow flag: one pointer) because its operations
-/// never hand out a reference into the slot: [`GilSlot::get`] returns a new strong
-/// reference and [`GilSlot::take`] moves the value out, so no Python code can run while
-/// the slot is being accessed, and whatever is removed is dropped by the caller.
 impl<T> GilCell<T> {
     /// Runs `f` on the value unless it is borrowed right now (then returns `None`).
     /// For the garbage collector's traversal, which may run in the middle of a borrow
@@ -89,6 +83,12 @@ impl<T> GilCell<T> {
     }
 }
 
+/// An optional Python reference that can be cleared while shared, guarded by the GIL.
+///
+/// Cheaper than a [`GilCell`] (no borrow flag: one pointer) because its operations
+/// never hand out a reference into the slot: [`GilSlot::get`] returns a new strong
+/// reference and [`GilSlot::take`] moves the value out, so no Python code can run while
+/// the slot is being accessed, and whatever is removed is dropped by the caller.
 pub struct GilSlot<T> {
     value: UnsafeCell<Option<pyo3::Py<T>>>,
 }

@@ -340,3 +340,61 @@ def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
                 await server.wait_closed()
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("asked", ["while open", "after close"])
+def test_an_accepted_connections_socket_is_reported_open_and_closed(loop, asked):
+    # The socket object of an accepted connection may be made only when asked for; either
+    # way get_extra_info("socket") gives the connection's socket while it is open, a
+    # closed socket of the same kind afterwards, and its descriptor is closed exactly once.
+
+    class Keep(asyncio.Protocol):
+        def __init__(self, made, lost):
+            self.made, self.lost = made, lost
+
+        def connection_made(self, transport):
+            self.made.set_result(transport)
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        made, lost = loop.create_future(), loop.create_future()
+        server = await loop.create_server(lambda: Keep(made, lost), "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname(), timeout=5)
+        try:
+            tr = await asyncio.wait_for(made, 5)
+            fd = tr._sock_fd
+            if asked == "while open":
+                sock = tr.get_extra_info("socket")
+                assert sock.fileno() == fd
+                assert tr.get_extra_info("socket").fileno() == fd
+                assert sock.getpeername() == client.getsockname()
+            assert tr.get_extra_info("peername") == client.getsockname()
+            tr.close()
+            await asyncio.wait_for(lost, 5)
+            sock = tr.get_extra_info("socket")
+            assert sock.fileno() == -1
+            assert (sock.family, sock.type) == (socket.AF_INET, socket.SOCK_STREAM)
+            with pytest.raises(OSError) as e:
+                os.fstat(fd)
+            assert e.value.errno == errno.EBADF
+            # The number is free again: whatever takes it must outlive the transport.
+            r, w = os.pipe()
+            try:
+                del tr, sock
+                made, lost = None, None
+                import gc
+
+                gc.collect()
+                os.fstat(r)
+                os.fstat(w)
+            finally:
+                os.close(r)
+                os.close(w)
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
