@@ -277,6 +277,33 @@ impl Stream {
         }
     }
 
+    /// Reads up to `buf.len()` bytes and drops them; returns how many. TCP drops them in
+    /// the kernel (`MSG_TRUNC`, tcp(7)) without copying them into `buf`: an echo client
+    /// that only counts what comes back then copies half the bytes it did, so that its
+    /// own copying does not cap a fast server. A Unix socket reads them into `buf`.
+    pub fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => {
+                // SAFETY: `buf` is writable for its whole length, which is what recv is
+                // told; with MSG_TRUNC a TCP socket writes nothing to it at all.
+                let n = unsafe {
+                    libc::recv(
+                        s.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
@@ -462,6 +489,29 @@ mod tests {
         assert!((p99 - 99_000.0).abs() < 120.0, "{p99}");
         h.clear();
         assert_eq!(h.quantile(0.5), 0.0);
+    }
+
+    #[test]
+    fn tcp_discard_counts_bytes_without_copying_them() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut server = Stream::Tcp(TcpStream::from_std(server));
+        client.write_all(&[7u8; 100]).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        loop {
+            match server.discard(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.push(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("discard: {e}"),
+            }
+        }
+        assert_eq!(got.iter().sum::<usize>(), 100);
+        assert!(got.iter().all(|&n| n <= 64), "{got:?}");
+        assert_eq!(buf, [0u8; 64], "MSG_TRUNC copied data");
     }
 
     #[test]

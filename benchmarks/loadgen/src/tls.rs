@@ -248,6 +248,18 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Reads up to `buf.len()` bytes of plaintext and drops them; returns how many. A
+    /// plain connection drops them in the kernel ([`Stream::discard`]); TLS must decrypt
+    /// them into `buf`.
+    pub fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.discard(buf),
+            Connection::Tls(t) => t.read(buf),
+        }
+    }
+}
+
 impl Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
