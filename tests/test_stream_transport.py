@@ -250,6 +250,24 @@ def test_every_byte_arrives_in_order_both_ways(loop):
     run(loop, main())
 
 
+@pytest.mark.parametrize("items", [100, 50_000])  # below and past oxio's write-now size
+def test_write_takes_any_buffer_layout(loop, items):
+    # socket.send() takes a buffer of any item format, and so does asyncio's write():
+    # the bytes are the items' memory, in order.
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        data = array.array("i", range(items))
+        tr.write(memoryview(data))
+        tr.writelines([memoryview(array.array("h", [1, 2, 3]))])
+        want = data.tobytes() + array.array("h", [1, 2, 3]).tobytes()
+        assert await recv_exactly(loop, peer, len(want)) == want
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
 def test_writes_of_one_iteration_are_queued_together(oxloop):
     # oxio-only: writes leave in one vectored write when the loop next polls, so the
     # buffer holds both until then (asyncio sends each at once).

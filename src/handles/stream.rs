@@ -13,7 +13,6 @@
 use std::os::fd::RawFd;
 
 use oxio_core::{socket_io, Flushed, WriteQueue};
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
@@ -80,16 +79,6 @@ impl AsRef<[u8]> for Chunk {
             Chunk::Owned(v) => v,
         }
     }
-}
-
-/// What `write()` was given.
-enum Incoming {
-    Bytes(Py<PyBytes>),
-    /// Large mutable data, written (or copied) before `write()` returns; small mutable
-    /// data arrives as a private copy in `Bytes`.
-    Mutable(PyBuffer<u8>),
-    /// Already a private copy (a non-contiguous view).
-    Copied(Box<[u8]>),
 }
 
 extern "C" {
@@ -660,45 +649,36 @@ impl StreamTransport {
         Ok(true)
     }
 
-    fn to_incoming(data: &Bound<'_, PyAny>) -> PyResult<Incoming> {
-        if let Ok(b) = data.cast::<PyBytes>() {
-            return Ok(Incoming::Bytes(b.clone().unbind()));
+    /// A private copy of mutable data (a `bytearray`, a `memoryview` of any layout).
+    fn copy_mutable<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        match with_buffer(data, |v| Ok(v.bytes().map(|b| PyBytes::new(data.py(), b))))? {
+            Some(copy) => Ok(copy),
+            // Not one run of bytes: the memoryview knows how to gather itself.
+            None => Ok(data
+                .call_method0(intern!(data.py(), "tobytes"))?
+                .cast_into::<PyBytes>()?),
         }
-        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            // Small: a private copy (a `bytes`, from Python's allocator) keeps it in this
-            // iteration's batch.
-            let small = with_buffer(data, |v| {
-                Ok(v.bytes()
-                    .filter(|b| b.len() < FLUSH_NOW_BYTES)
-                    .map(|b| PyBytes::new(data.py(), b).unbind()))
-            })?;
-            if let Some(copy) = small {
-                return Ok(Incoming::Bytes(copy));
-            }
-            let buf = PyBuffer::<u8>::get(data)?;
-            if !buf.is_c_contiguous() {
-                return Ok(Incoming::Copied(buf.to_vec(data.py())?.into_boxed_slice()));
-            }
-            return Ok(Incoming::Mutable(buf));
-        }
-        Err(PyTypeError::new_err(format!(
+    }
+
+    fn is_mutable(data: &Bound<'_, PyAny>) -> bool {
+        data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+    }
+
+    fn type_error(data: &Bound<'_, PyAny>) -> PyResult<PyErr> {
+        Ok(PyTypeError::new_err(format!(
             "data argument must be a bytes-like object, not '{}'",
             data.get_type().name()?
         )))
     }
 
     fn to_chunk(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
-        Ok(match Self::to_incoming(data)? {
-            Incoming::Bytes(b) => Chunk::Bytes(b),
-            Incoming::Copied(v) => Chunk::Owned(v),
-            Incoming::Mutable(buf) => {
-                // SAFETY: the buffer is C-contiguous and exported while `buf` lives.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
-                };
-                Chunk::Bytes(PyBytes::new(data.py(), bytes).unbind())
-            }
-        })
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return Ok(Chunk::Bytes(b.clone().unbind()));
+        }
+        if Self::is_mutable(data) {
+            return Ok(Chunk::Bytes(Self::copy_mutable(data)?.unbind()));
+        }
+        Err(Self::type_error(data)?)
     }
 
     /// Queues chunks and arranges their flush.
@@ -729,39 +709,76 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Writes mutable data (a `bytearray`, a `memoryview`) now, behind whatever is
-    /// queued, in one vectored write; only what the kernel does not take is copied, as
-    /// asyncio copies only what it cannot send at once.
-    fn write_mutable(slf: &Bound<'_, Self>, buf: PyBuffer<u8>) -> PyResult<()> {
+    /// Writes mutable data (a `bytearray`, a `memoryview`). Small data joins this
+    /// iteration's batch as a private copy; large data is written now, behind whatever
+    /// is queued, in one vectored write, and only what the kernel does not take is
+    /// copied, as asyncio copies only what it cannot send at once. One export, on the
+    /// stack, serves both (no heap allocation per write).
+    fn write_mutable(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        /// What the export was used for.
+        enum Took {
+            /// A private copy of small data, for the batch.
+            Copy(Py<PyBytes>),
+            /// Not one run of bytes: gathered by the memoryview instead.
+            Scattered,
+            /// Written through (or refused by `check_write`, with `len` 0).
+            Sent {
+                sent: usize,
+                len: usize,
+                error: Option<std::io::Error>,
+            },
+        }
         let py = slf.py();
         let this = slf.get();
-        // SAFETY: the buffer is C-contiguous and stays exported (neither moved nor
-        // resized) while `buf` lives; it is only read.
-        let data =
-            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-        if data.is_empty() {
+        let took = with_buffer(data, |v| {
+            let Some(bytes) = v.bytes() else {
+                return Ok(Took::Scattered);
+            };
+            if bytes.len() < FLUSH_NOW_BYTES {
+                return Ok(Took::Copy(PyBytes::new(py, bytes).unbind()));
+            }
+            if !this.check_write(py)? {
+                return Ok(Took::Sent {
+                    sent: 0,
+                    len: 0,
+                    error: None,
+                });
+            }
+            let written = this.st.with(py, |s| {
+                if s.writing {
+                    return Ok(0);
+                }
+                let mut released = std::mem::take(&mut s.released);
+                let r = s.queue.write_with_tail(this.fd, bytes, &mut released);
+                s.released = released;
+                r
+            });
+            let (sent, error) = match written {
+                Ok(n) => (n, None),
+                Err(e) => (0, Some(e)),
+            };
+            if sent < bytes.len() {
+                let rest = Chunk::Owned(bytes[sent..].to_vec().into_boxed_slice());
+                this.st.with(py, |s| s.queue.push(rest));
+            }
+            Ok(Took::Sent {
+                sent,
+                len: bytes.len(),
+                error,
+            })
+        })?;
+        let (sent, len, error) = match took {
+            Took::Copy(copy) => return Self::write_copy(slf, copy),
+            Took::Scattered => {
+                return Self::write_copy(slf, Self::copy_mutable(data)?.unbind());
+            }
+            Took::Sent { sent, len, error } => (sent, len, error),
+        };
+        this.drop_released(py);
+        if len == 0 {
             return Ok(());
         }
-        let written = this.st.with(py, |s| {
-            if s.writing {
-                return Ok(0);
-            }
-            let mut released = std::mem::take(&mut s.released);
-            let r = s.queue.write_with_tail(this.fd, data, &mut released);
-            s.released = released;
-            r
-        });
-        this.drop_released(py);
-        let (sent, error) = match written {
-            Ok(n) => (n, None),
-            Err(e) => (0, Some(e)),
-        };
-        if sent < data.len() {
-            let rest = Chunk::Owned(data[sent..].to_vec().into_boxed_slice());
-            this.st.with(py, |s| s.queue.push(rest));
-        }
-        drop(buf);
-        if error.is_some() || sent < data.len() {
+        if error.is_some() || sent < len {
             // Flushing again either meets the error (and handles it as any failed
             // write) or finds the kernel full and starts watching for writability.
             Self::flush_queued(slf)?;
@@ -772,6 +789,14 @@ impl StreamTransport {
             Self::flush_queued(slf)?; // finishes a pending close, write_eof or sendfile wait
         }
         Self::maybe_pause_protocol(slf)
+    }
+
+    /// `write()` of a `bytes` the transport may keep.
+    fn write_copy(slf: &Bound<'_, Self>, data: Py<PyBytes>) -> PyResult<()> {
+        if !slf.get().check_write(slf.py())? {
+            return Ok(());
+        }
+        Self::enqueue(slf, [Chunk::Bytes(data)])
     }
 
     /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to
@@ -1089,16 +1114,13 @@ impl StreamTransport {
 
     /// Write `data` (bytes, bytearray or memoryview) to the transport.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let incoming = Self::to_incoming(data)?;
-        if !slf.get().check_write(py)? {
-            return Ok(());
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return Self::write_copy(slf, b.clone().unbind());
         }
-        match incoming {
-            Incoming::Bytes(b) => Self::enqueue(slf, [Chunk::Bytes(b)]),
-            Incoming::Copied(v) => Self::enqueue(slf, [Chunk::Owned(v)]),
-            Incoming::Mutable(buf) => Self::write_mutable(slf, buf),
+        if Self::is_mutable(data) {
+            return Self::write_mutable(slf, data);
         }
+        Err(Self::type_error(data)?)
     }
 
     /// Write every bytes-like object of an iterable, in one go.
