@@ -89,12 +89,7 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport.write(self.buffer[:nbytes])
 
 
-class HeaderBodyProtocol(asyncio.Protocol):
-    transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
+class HeaderBodyProtocol(EchoProtocol):
     def data_received(self, data: bytes) -> None:
         if len(data) <= HEADER_SIZE:
             self.transport.write(data)
@@ -103,12 +98,7 @@ class HeaderBodyProtocol(asyncio.Protocol):
         self.transport.write(data[HEADER_SIZE:])
 
 
-class OneWriteProtocol(asyncio.Protocol):
-    transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
+class OneWriteProtocol(EchoProtocol):
     def data_received(self, data: bytes) -> None:
         if len(data) <= HEADER_SIZE:
             self.transport.write(data)

@@ -22,6 +22,19 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
+class Keep(asyncio.Protocol):
+    """Resolves `made` with the transport and `lost` with connection_lost's argument."""
+
+    def __init__(self, made, lost):
+        self.made, self.lost = made, lost
+
+    def connection_made(self, transport):
+        self.made.set_result(transport)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
 async def echo_once(loop, addr, payload=b"ping", family=socket.AF_INET):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setblocking(False)
@@ -295,16 +308,6 @@ def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
     # stay readable after the connection is lost. A wildcard listener's connections
     # report the address they were reached on.
 
-    class Keep(asyncio.Protocol):
-        def __init__(self, made, lost):
-            self.made, self.lost = made, lost
-
-        def connection_made(self, transport):
-            self.made.set_result(transport)
-
-        def connection_lost(self, exc):
-            self.lost.set_result(exc)
-
     async def main():
         made = [loop.create_future(), loop.create_future()]
         lost = [loop.create_future(), loop.create_future()]
@@ -344,19 +347,9 @@ def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
 
 @pytest.mark.parametrize("asked", ["while open", "after close"])
 def test_an_accepted_connections_socket_is_reported_open_and_closed(loop, asked):
-    # The socket object of an accepted connection may be made only when asked for; either
-    # way get_extra_info("socket") gives the connection's socket while it is open, a
-    # closed socket of the same kind afterwards, and its descriptor is closed exactly once.
-
-    class Keep(asyncio.Protocol):
-        def __init__(self, made, lost):
-            self.made, self.lost = made, lost
-
-        def connection_made(self, transport):
-            self.made.set_result(transport)
-
-        def connection_lost(self, exc):
-            self.lost.set_result(exc)
+    # Whether or not anyone asked for it while the connection was open, get_extra_info
+    # ("socket") gives the connection's socket while it is open and a closed socket of
+    # the same kind afterwards, and the descriptor is closed exactly once.
 
     async def main():
         made, lost = loop.create_future(), loop.create_future()
