@@ -721,7 +721,9 @@ impl StreamTransport {
             Copy(Py<PyBytes>),
             /// Not one run of bytes: gathered by the memoryview instead.
             Scattered,
-            /// Written through (or refused by `check_write`, with `len` 0).
+            /// Dropped by `check_write` (the connection is lost).
+            Refused,
+            /// Written through.
             Sent {
                 sent: usize,
                 len: usize,
@@ -738,11 +740,7 @@ impl StreamTransport {
                 return Ok(Took::Copy(PyBytes::new(py, bytes).unbind()));
             }
             if !this.check_write(py)? {
-                return Ok(Took::Sent {
-                    sent: 0,
-                    len: 0,
-                    error: None,
-                });
+                return Ok(Took::Refused);
             }
             let written = this.st.with(py, |s| {
                 if s.writing {
@@ -772,12 +770,10 @@ impl StreamTransport {
             Took::Scattered => {
                 return Self::write_copy(slf, Self::copy_mutable(data)?.unbind());
             }
+            Took::Refused => return Ok(()),
             Took::Sent { sent, len, error } => (sent, len, error),
         };
         this.drop_released(py);
-        if len == 0 {
-            return Ok(());
-        }
         if error.is_some() || sent < len {
             // Flushing again either meets the error (and handles it as any failed
             // write) or finds the kernel full and starts watching for writability.

@@ -246,9 +246,7 @@ impl Connection {
             Connection::Tls(t) => &mut t.sock,
         }
     }
-}
 
-impl Connection {
     /// Reads up to `buf.len()` bytes of plaintext and drops them; returns how many. A
     /// plain connection drops them in the kernel ([`Stream::discard`]); TLS must decrypt
     /// them into `buf`.

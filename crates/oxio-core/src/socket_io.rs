@@ -19,45 +19,25 @@ fn retrying(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     }
 }
 
-/// `recv(2)` as the bare system call. glibc's `recv` and `send` are thread
-/// cancellation points: each call toggles the thread's asynchronous-cancel state around
-/// the system call, two atomic updates that cost 1.5% of a 1 KiB echo server's time.
-/// oxio never cancels threads, so its hot path asks the kernel directly.
+/// `recv(2)` or `send(2)` (`call`: `SYS_recvfrom` or `SYS_sendto`, with no address) as
+/// the bare system call. glibc's `recv` and `send` are thread cancellation points: each
+/// call toggles the thread's asynchronous-cancel state around the system call, two atomic
+/// updates that cost 1.5% of a 1 KiB echo server's time. oxio never cancels threads, so
+/// its hot path asks the kernel directly.
 ///
 /// # Safety
-/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
-unsafe fn sys_recv(fd: RawFd, ptr: *mut u8, len: usize, flags: libc::c_int) -> isize {
-    // SAFETY: recvfrom with no address buffer is recv; the caller vouches for `ptr`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            fd,
-            ptr,
-            len,
-            flags,
-            std::ptr::null_mut::<libc::sockaddr>(),
-            std::ptr::null_mut::<libc::socklen_t>(),
-        ) as isize
-    }
-}
-
-/// `send(2)` as the bare system call (see [`sys_recv`]).
-///
-/// # Safety
-/// `ptr` must be valid for reads of `len` bytes for the duration of the call.
-unsafe fn sys_send(fd: RawFd, ptr: *const u8, len: usize, flags: libc::c_int) -> isize {
-    // SAFETY: sendto with no address is send; the caller vouches for `ptr`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_sendto,
-            fd,
-            ptr,
-            len,
-            flags,
-            std::ptr::null::<libc::sockaddr>(),
-            0 as libc::socklen_t,
-        ) as isize
-    }
+/// `ptr` must be valid for `len` bytes for the duration of the call: for writes when
+/// receiving, for reads when sending.
+unsafe fn bare_socket_call(
+    call: libc::c_long,
+    fd: RawFd,
+    ptr: *const u8,
+    len: usize,
+    flags: libc::c_int,
+) -> isize {
+    // SAFETY: recvfrom and sendto with a null address and a zero length are recv and
+    // send; the caller vouches for `ptr`.
+    unsafe { libc::syscall(call, fd, ptr, len, flags, 0usize, 0usize) as isize }
 }
 
 /// Reads into `buf` with `recv(2)`. `Ok(0)` is end of file.
@@ -74,7 +54,7 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
     // SAFETY: the caller guarantees `ptr..ptr+len` is writable; the kernel writes at
     // most `len` bytes.
-    retrying(|| unsafe { sys_recv(fd, ptr, len, 0) })
+    retrying(|| unsafe { bare_socket_call(libc::SYS_recvfrom, fd, ptr, len, 0) })
 }
 
 /// Reads into the raw region `ptr..ptr+len` with `recvmsg`, giving ancillary data no
@@ -171,7 +151,13 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
         let n = unsafe {
             if socket {
-                sys_send(fd, buf.as_ptr(), buf.len(), libc::MSG_NOSIGNAL)
+                bare_socket_call(
+                    libc::SYS_sendto,
+                    fd,
+                    buf.as_ptr(),
+                    buf.len(),
+                    libc::MSG_NOSIGNAL,
+                )
             } else {
                 libc::write(fd, buf.as_ptr().cast(), buf.len())
             }
