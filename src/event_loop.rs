@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use oxio_core::{
@@ -94,9 +94,6 @@ pub struct Loop {
     /// The last `sock_recv` returned a large read: the next large one reads straight
     /// into its `bytes`.
     pub(crate) bulk_recv: AtomicBool,
-    /// The socket whose last `sock_recv` filled the caller's buffer (-1: none): it is in
-    /// the middle of a bulk transfer, and its next receive waits for the next poll.
-    pub(crate) full_recv_fd: AtomicI32,
 }
 
 fn closed_error() -> PyErr {
@@ -639,7 +636,6 @@ impl Loop {
             transports: GilCell::new(HashMap::new()),
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
             bulk_recv: AtomicBool::new(false),
-            full_recv_fd: AtomicI32::new(-1),
         })
     }
 

@@ -84,12 +84,9 @@ fn recv_bytes<'py>(
         })
     };
     if let Ok(b) = &result {
-        let got = b.as_bytes().len();
         // Large reads predict large reads: the next one skips the copy.
-        lp.bulk_recv.store(got >= DIRECT_RECV, Ordering::Relaxed);
-        let full = got == n && n >= DIRECT_RECV;
-        lp.full_recv_fd
-            .store(if full { fd } else { -1 }, Ordering::Relaxed);
+        lp.bulk_recv
+            .store(b.as_bytes().len() >= DIRECT_RECV, Ordering::Relaxed);
     }
     Ok(result)
 }
@@ -262,15 +259,15 @@ pub fn sock_recv<'py>(
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
-    if lp.get().full_recv_fd.load(Ordering::Relaxed) == fd {
-        // Its last receive filled the buffer: more is most likely waiting, and reading
-        // it now would let one bulk transfer run its whole course before any other
-        // ready task. Waiting for the next poll (which reports the socket at once,
-        // since registering re-reports readiness) serves the ready sockets in turn, as
-        // uvloop does for every receive: a 1 MiB sock_* echo on 16 connections went
-        // from 2,526-2,565 to 2,501-3,337 requests/s and from 380-388 to 297-381 µs of
-        // server CPU per request (five interleaved runs each).
-        lp.get().full_recv_fd.store(-1, Ordering::Relaxed);
+    if n >= DIRECT_RECV {
+        // A bulk receive waits for the next poll before reading, as uvloop does for
+        // every receive. Reading at once let one transfer loop receive and send within
+        // a single task step while the others waited, and kept more 256 KiB `bytes`
+        // alive at a time: glibc's heap grew and was trimmed back over and over, and
+        // the fresh pages faulted in on every receive. A 1 MiB sock_* echo on 16
+        // connections went from 30-98 to 17-26 page faults per request and from
+        // 2,544-3,547 to 3,242-3,537 requests/s (interleaved runs); 1 KiB and 64 KiB
+        // echoes, whose immediate attempt mostly finds nothing yet, did not change.
         return SockWaiter::start(lp, sock, fd, Side::Read, Op::Recv(n));
     }
     let attempt = recv_bytes(lp.get(), py, fd, n)?.map(Bound::into_any);
