@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use oxio_core::{
-    clock, Cancellable, Poller, Readiness, ReadyQueue, TimerHeap, Waker, MAXIMUM_POLL_TIMEOUT,
+    clock, BatchQueue, Cancellable, Poller, Readiness, ReadyQueue, TimerHeap, Waker,
+    MAXIMUM_POLL_TIMEOUT,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
@@ -86,7 +87,7 @@ pub struct Loop {
     resolution: f64,
     pub(crate) code_cache: CodeFlagsCache,
     /// Transports with writes queued this iteration, flushed before the next poll.
-    flush: GilCell<Vec<Py<StreamTransport>>>,
+    flush: GilCell<BatchQueue<Py<StreamTransport>>>,
     /// Descriptors owned by a transport, which `add_reader` and friends refuse.
     transports: GilCell<HashMap<RawFd, Py<StreamTransport>>>,
     /// Where stream reads land before they are copied into an exactly sized `bytes`.
@@ -632,7 +633,7 @@ impl Loop {
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             resolution: clock::resolution(),
             code_cache: CodeFlagsCache::new(),
-            flush: GilCell::new(Vec::new()),
+            flush: GilCell::new(BatchQueue::new()),
             transports: GilCell::new(HashMap::new()),
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
             bulk_recv: AtomicBool::new(false),
@@ -773,7 +774,7 @@ impl Loop {
             s.default_executor.take()
         });
         let watch_handles = watches.map(|mut w| w.take_all()).unwrap_or_default();
-        let flush = this.flush.with(py, std::mem::take);
+        let flush = this.flush.with(py, |f| f.take_all());
         let transports = this.transports.with(py, std::mem::take);
         drop(flush);
         drop(transports);
@@ -1354,7 +1355,7 @@ impl Loop {
     /// for where runs end).
     fn flush_transports(&self, py: Python<'_>) -> PyResult<()> {
         loop {
-            let batch = self.flush.with(py, std::mem::take);
+            let mut batch = self.flush.with(py, |f| f.take_batch());
             if batch.is_empty() {
                 return Ok(());
             }
@@ -1366,14 +1367,8 @@ impl Loop {
                     t.get().cancel_flush(py);
                 }
             }
-            // Give the vector back so steady state allocates nothing.
-            let mut batch = batch;
             batch.clear();
-            self.flush.with(py, |f| {
-                if f.is_empty() {
-                    *f = batch;
-                }
-            });
+            self.flush.with(py, |f| f.give_back(batch));
             result?;
         }
     }

@@ -6,6 +6,8 @@
 //! - [`clock`]: the loop's monotonic clock (the clock `time.monotonic()` reads);
 //! - [`TimerHeap`]: delayed calls ordered by (when, sequence) with O(1) cancellation;
 //! - [`ReadyQueue`]: the callbacks that run in the next iteration;
+//! - [`BatchQueue`]: what an iteration queues for one pass at its end (the transports
+//!   to flush), reusing its storage from pass to pass;
 //! - [`Poller`]: readiness of raw file descriptors, over mio;
 //! - [`Waker`]: wakes a loop that is blocked in its poller, from any thread;
 //! - [`socket_io`]: non-blocking socket calls (`recv`, vectored `send`, `sendfile`);
@@ -14,6 +16,7 @@
 //!   the tests, and the reference for how the Python binding drives the same parts.
 
 pub mod addr;
+pub mod batch_queue;
 pub mod clock;
 pub mod event_loop;
 pub mod poller;
@@ -23,6 +26,7 @@ pub mod timer_heap;
 pub mod waker;
 pub mod write_queue;
 
+pub use batch_queue::BatchQueue;
 pub use event_loop::{CallbackHandle, EventLoop};
 pub use poller::{Interest, Poller, Readiness};
 pub use ready_queue::ReadyQueue;

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use oxio_core::{socket_io, Flushed, WriteQueue};
+use oxio_core::{socket_io, BatchQueue, Flushed, WriteQueue};
 
 struct Counting;
 
@@ -73,6 +73,36 @@ fn echo_steady_state_allocates_nothing() {
     let before = allocations();
     for _ in 0..1000 {
         round(&mut queue, &mut released);
+    }
+    assert_eq!(allocations() - before, 0, "steady state allocated");
+}
+
+#[test]
+fn end_of_iteration_batches_allocate_nothing() {
+    // The loop's flush pass: transports queued during an iteration, taken as a batch,
+    // handled (which may queue more), given back; then an empty check before the poll.
+    let mut queue: BatchQueue<u32> = BatchQueue::new();
+    let iteration = |queue: &mut BatchQueue<u32>| {
+        for t in 0..16 {
+            queue.push(t);
+        }
+        loop {
+            let batch = queue.take_batch();
+            if batch.is_empty() {
+                break;
+            }
+            if batch.len() == 16 {
+                queue.push(99); // a flush that queues another
+            }
+            queue.give_back(batch);
+        }
+    };
+    for _ in 0..10 {
+        iteration(&mut queue);
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        iteration(&mut queue);
     }
     assert_eq!(allocations() - before, 0, "steady state allocated");
 }
