@@ -22,6 +22,7 @@ use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::BoundObject;
 
+use crate::bytes_pool::BytesPool;
 use crate::callback_check::{check_callback, CodeFlagsCache};
 use crate::errors;
 use crate::executor;
@@ -92,6 +93,8 @@ pub struct Loop {
     transports: GilCell<HashMap<RawFd, Py<StreamTransport>>>,
     /// Where stream reads land before they are copied into an exactly sized `bytes`.
     read_buf: GilCell<Box<[u8]>>,
+    /// Written `bytes` that came back private, for small reads to reuse.
+    bytes_pool: GilCell<BytesPool>,
     /// The last `sock_recv` returned a large read: the next large one reads straight
     /// into its `bytes`.
     pub(crate) bulk_recv: AtomicBool,
@@ -636,6 +639,7 @@ impl Loop {
             flush: GilCell::new(BatchQueue::new()),
             transports: GilCell::new(HashMap::new()),
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
+            bytes_pool: GilCell::new(BytesPool::new()),
             bulk_recv: AtomicBool::new(false),
         })
     }
@@ -1338,6 +1342,15 @@ impl Loop {
     /// Queues `t` to have its writes flushed before the loop next polls.
     pub(crate) fn queue_flush(&self, py: Python<'_>, t: Py<StreamTransport>) {
         self.flush.with(py, |f| f.push(t));
+    }
+
+    /// Runs `f` on the pool of recycled `bytes`. `f` must not call Python.
+    pub(crate) fn with_bytes_pool<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut BytesPool) -> R,
+    ) -> R {
+        self.bytes_pool.with(py, f)
     }
 
     /// Runs `f` on the shared read buffer. `f` must not call Python.

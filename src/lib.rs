@@ -5,6 +5,7 @@
 //! and `TimerHandle` are the scheduled callbacks, and the remaining modules hold the
 //! cold paths (error reporting, descriptor watches, the executor bridge).
 
+mod bytes_pool;
 mod callback_check;
 mod errors;
 mod event_loop;

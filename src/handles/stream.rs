@@ -335,6 +335,20 @@ impl StreamTransport {
         if released.capacity() == 0 {
             return;
         }
+        // Written `bytes` that nothing else holds go to the pool that small reads use.
+        self.lp.get().with_bytes_pool(py, |pool| {
+            let mut i = 0;
+            while i < released.len() {
+                match &released[i] {
+                    Chunk::Bytes(b) if pool.accepts(b) => {
+                        if let Chunk::Bytes(b) = released.swap_remove(i) {
+                            pool.keep(b);
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+        });
         released.clear();
         self.st.with(py, |s| {
             if s.released.capacity() == 0 {
@@ -880,7 +894,10 @@ impl StreamTransport {
                 // least `max`) and borrowed for the whole call.
                 let (n, cut) = unsafe { this.recv_raw(buf.as_mut_ptr(), max) }?;
                 again = cut || n == max;
-                Ok((n > 0).then(|| (PyBytes::new(py, &buf[..n]), false)))
+                Ok((n > 0).then(|| {
+                    let data = lp.with_bytes_pool(py, |pool| pool.bytes_from(py, &buf[..n]));
+                    (data, false)
+                }))
             })
         };
         let one_read = if first { emptied_by } else { 0 };
