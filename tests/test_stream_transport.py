@@ -962,3 +962,22 @@ def test_a_message_the_protocol_keeps_is_never_rewritten(loop):
         peer.close()
 
     run(loop, main())
+
+
+def test_a_reused_bytearray_is_written_as_it_was_at_each_write(loop):
+    # A small mutable write is copied at once (oxio copies into a recycled bytes when
+    # one fits); changing the bytearray afterwards must not change what is sent.
+    buf = bytearray(1024)
+
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        for i in range(40):
+            buf[:] = bytes([i]) * (1024 - i)
+            tr.write(buf)
+            buf[:] = b"x" * len(buf)
+            got = await asyncio.wait_for(recv_exactly(loop, peer, 1024 - i), 5)
+            assert got == bytes([i]) * (1024 - i)
+        tr.close()
+        peer.close()
+
+    run(loop, main())

@@ -751,7 +751,11 @@ impl StreamTransport {
                 return Ok(Took::Scattered);
             };
             if bytes.len() < FLUSH_NOW_BYTES {
-                return Ok(Took::Copy(PyBytes::new(py, bytes).unbind()));
+                let copy = this
+                    .lp
+                    .get()
+                    .with_bytes_pool(py, |pool| pool.bytes_from(py, bytes));
+                return Ok(Took::Copy(copy.unbind()));
             }
             if !this.check_write(py)? {
                 return Ok(Took::Refused);
