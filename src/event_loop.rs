@@ -6,7 +6,6 @@
 //! error reporting in `errors`, descriptor watches in `fd_watch`, the executor bridge in
 //! `executor`.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +25,7 @@ use crate::bytes_pool::BytesPool;
 use crate::callback_check::{check_callback, CodeFlagsCache};
 use crate::errors;
 use crate::executor;
-use crate::fd_watch::{fileobj_to_fd, FdWatches, Side};
+use crate::fd_watch::{fileobj_to_fd, FdMap, FdWatches, Side};
 use crate::gil_cell::GilCell;
 use crate::handle::{release, untrack, CallArgs, Handle, TimerHandle};
 use crate::handles::stream::StreamTransport;
@@ -90,7 +89,7 @@ pub struct Loop {
     /// Transports with writes queued this iteration, flushed before the next poll.
     flush: GilCell<BatchQueue<Py<StreamTransport>>>,
     /// Descriptors owned by a transport, which `add_reader` and friends refuse.
-    transports: GilCell<HashMap<RawFd, Py<StreamTransport>>>,
+    transports: GilCell<FdMap<Py<StreamTransport>>>,
     /// Where stream reads land before they are copied into an exactly sized `bytes`.
     read_buf: GilCell<Box<[u8]>>,
     /// Written `bytes` that came back private, for small reads to reuse.
@@ -637,7 +636,7 @@ impl Loop {
             resolution: clock::resolution(),
             code_cache: CodeFlagsCache::new(),
             flush: GilCell::new(BatchQueue::new()),
-            transports: GilCell::new(HashMap::new()),
+            transports: GilCell::new(FdMap::default()),
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
             bytes_pool: GilCell::new(BytesPool::new()),
             bulk_recv: AtomicBool::new(false),

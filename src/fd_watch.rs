@@ -2,6 +2,7 @@
 //! ready, kept in step with the poller's registrations.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -11,6 +12,35 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::handle::Handle;
+
+/// A map keyed by file descriptor. Descriptors are small distinct integers that no
+/// peer chooses, so they need no keyed (SipHash) hashing: one multiplication spreads
+/// them over the table. Each readiness event looks its descriptor up here; SipHash cost
+/// 0.4% of a 1 KiB echo server's time.
+pub type FdMap<V> = HashMap<RawFd, V, BuildHasherDefault<FdHasher>>;
+
+/// The hasher of [`FdMap`]: Fibonacci hashing of the descriptor.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    #[inline]
+    fn write_i32(&mut self, fd: i32) {
+        self.0 = (fd as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// The reader and writer watching one descriptor.
 struct Watch {
@@ -47,7 +77,7 @@ pub struct FdWatches {
     /// kernel after their last watcher went, so that watching them again costs one
     /// `epoll_ctl` instead of two (a socket method waits on the same descriptor over
     /// and over). A parked descriptor's events find no watcher and are ignored.
-    watches: HashMap<RawFd, Watch>,
+    watches: FdMap<Watch>,
     /// How many entries of `watches` have a watcher (are not parked).
     active: usize,
     fired: Vec<RawFd>,
@@ -57,7 +87,7 @@ impl FdWatches {
     pub fn new(registrar: Registrar) -> Self {
         Self {
             registrar,
-            watches: HashMap::new(),
+            watches: FdMap::default(),
             active: 0,
             fired: Vec::new(),
         }
