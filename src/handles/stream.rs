@@ -65,14 +65,17 @@ impl AsRef<[u8]> for Chunk {
     fn as_ref(&self) -> &[u8] {
         match self {
             Chunk::Bytes(b) => {
-                // SAFETY: a `bytes` object is immutable and lives while we hold a
-                // reference to it; its buffer and size are read without side effects,
+                // Read from the object's layout (what CPython's PyBytes_AS_STRING and
+                // Py_SIZE macros do) rather than through two exported calls: building a
+                // write's iovecs does this per chunk.
+                let obj = b.as_ptr().cast::<pyo3::ffi::PyBytesObject>();
+                // SAFETY: `obj` is an exact or subclassed `bytes`, which share this
+                // layout; it is immutable and lives while we hold a reference to it,
                 // and every queue operation runs with the GIL held.
                 unsafe {
-                    let p = b.as_ptr();
                     std::slice::from_raw_parts(
-                        pyo3::ffi::PyBytes_AsString(p) as *const u8,
-                        pyo3::ffi::PyBytes_Size(p) as usize,
+                        std::ptr::addr_of!((*obj).ob_sval).cast::<u8>(),
+                        (*obj).ob_base.ob_size as usize,
                     )
                 }
             }
