@@ -109,9 +109,14 @@ fn lasting_byte_buffer(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
 
 /// What a waiting socket operation does when its descriptor is ready.
 enum Op {
+    /// Completes with `None` once the socket is readable, reading nothing.
+    Readable,
     Recv(usize),
     RecvInto(PyBuffer<u8>),
-    SendAll { data: PyBuffer<u8>, pos: usize },
+    SendAll {
+        data: PyBuffer<u8>,
+        pos: usize,
+    },
 }
 
 /// A socket operation waiting for readiness: the watch's callback and the future's
@@ -167,6 +172,7 @@ impl SockWaiter {
             .op
             .with(py, |op| -> Option<PyResult<Bound<'py, PyAny>>> {
                 match op.as_mut()? {
+                    Op::Readable => Some(Ok(py.None().into_bound(py))),
                     Op::Recv(n) => match recv_bytes(lp, py, self.fd, *n) {
                         Err(e) => Some(Err(e)),
                         Ok(Ok(b)) => Some(Ok(b.into_any())),
@@ -245,12 +251,16 @@ impl SockWaiter {
     }
 }
 
-/// `sock_recv`'s first attempt: the data, or a future for it.
+/// `sock_recv`'s attempt: the data, or a future for it. A bulk receive (`n` of 64 KiB
+/// or more) is only tried once the socket was reported `ready`; until then, and when it
+/// would block, the future completes with `None` when the socket is readable, and the
+/// caller (`oxio._sockets`) calls again with `ready` set.
 #[pyfunction]
 pub fn sock_recv<'py>(
     lp: &Bound<'py, Loop>,
     sock: &Bound<'py, PyAny>,
     n: &Bound<'py, PyAny>,
+    ready: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
     let fd = check_sock(lp.get(), sock)?;
@@ -259,19 +269,23 @@ pub fn sock_recv<'py>(
         return Err(PyValueError::new_err("negative buffersize in recv"));
     }
     let n = n as usize;
-    if n >= DIRECT_RECV {
-        // A bulk receive waits for the next poll before reading, as uvloop does for
-        // every receive. Reading at once let one transfer loop receive and send within
-        // a single task step while the others waited, and kept more 256 KiB `bytes`
-        // alive at a time: glibc's heap grew and was trimmed back over and over, and
-        // the fresh pages faulted in on every receive. A 1 MiB sock_* echo on 16
-        // connections went from 30-98 to 17-26 page faults per request and from
-        // 2,544-3,547 to 3,242-3,537 requests/s (interleaved runs); 1 KiB and 64 KiB
-        // echoes, whose immediate attempt mostly finds nothing yet, did not change.
-        return SockWaiter::start(lp, sock, fd, Side::Read, Op::Recv(n));
+    if n < DIRECT_RECV {
+        let attempt = recv_bytes(lp.get(), py, fd, n)?.map(Bound::into_any);
+        return done_or_wait(lp, sock, fd, Side::Read, attempt, || Ok(Op::Recv(n)));
+    }
+    // A bulk receive waits for a poll to report the socket before reading, as uvloop
+    // does for every receive: reading at once let one transfer loop receive and send
+    // within a single task step while the others waited, and kept more 256 KiB `bytes`
+    // alive at a time, so glibc's heap grew and was trimmed back over and over and the
+    // fresh pages faulted in on every receive. It then reads in the receiving task's
+    // own step, not when the poll reports it: the data is still in the CPU's cache for
+    // whatever the task does next (sends it, in an echo), instead of the cache having
+    // been filled meanwhile with every other ready socket's 256 KiB.
+    if !ready {
+        return SockWaiter::start(lp, sock, fd, Side::Read, Op::Readable);
     }
     let attempt = recv_bytes(lp.get(), py, fd, n)?.map(Bound::into_any);
-    done_or_wait(lp, sock, fd, Side::Read, attempt, || Ok(Op::Recv(n)))
+    done_or_wait(lp, sock, fd, Side::Read, attempt, || Ok(Op::Readable))
 }
 
 /// A first attempt's outcome: its result, its error, or (when the socket would block)

@@ -253,3 +253,36 @@ def test_sendfile_over_a_transport(loop):
                 tr.close()
 
     run(loop, main())
+
+
+def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop):
+    # An oxio choice: a bulk receive (64 KiB or more) reads in its own task's step once
+    # the socket is reported readable, so cancelling it between the report and that
+    # step loses nothing (asyncio reads in the reader callback; cancelling then drops
+    # what it read).
+    loop = oxloop
+
+    async def main():
+        a, b = pair()
+        with a, b:
+            t = asyncio.ensure_future(loop.sock_recv(b, 65536))
+            await asyncio.sleep(0)
+            assert t._fut_waiter is not None  # waiting for the socket
+            cancelled = loop.create_future()
+
+            def cancel_once_ready():
+                waiter = t._fut_waiter
+                if waiter is not None and waiter.done():
+                    t.cancel()  # before the task's own step runs
+                    cancelled.set_result(None)
+                else:
+                    loop.call_soon(cancel_once_ready)
+
+            loop.call_soon(cancel_once_ready)
+            a.send(b"kept" * 25)
+            await cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            assert await asyncio.wait_for(loop.sock_recv(b, 65536), 5) == b"kept" * 25
+
+    run(loop, main())

@@ -134,12 +134,15 @@ class SocketMixin:
     # -- receiving ------------------------------------------------------------------
 
     async def sock_recv(self, sock, n):
-        # The first attempt and the wait are native (oxio._oxio.sock_recv): the data
-        # comes back at once, or a future to await.
-        result = _oxio.sock_recv(self, sock, n)
-        if result.__class__ is bytes:
-            return result
-        return await result
+        # The attempt and the wait are native (oxio._oxio.sock_recv): the data comes
+        # back at once, or a future to await, which for a bulk receive completes with
+        # None once the socket is readable: the read is then made here, in this task.
+        result = _oxio.sock_recv(self, sock, n, False)
+        while result.__class__ is not bytes:
+            result = await result
+            if result is None:
+                result = _oxio.sock_recv(self, sock, n, True)
+        return result
 
     async def sock_recv_into(self, sock, buf):
         result = _oxio.sock_recv_into(self, sock, buf)
