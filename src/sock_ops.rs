@@ -305,34 +305,50 @@ fn done_or_wait<'py>(
     }
 }
 
-/// `sock_recv_into`'s first attempt: the byte count, or a future for it.
+/// `sock_recv_into`'s attempt: the byte count, or a future for it. A bulk receive (a
+/// buffer of 64 KiB or more) waits, reads and is retried as `sock_recv`'s does.
 #[pyfunction]
 pub fn sock_recv_into<'py>(
     lp: &Bound<'py, Loop>,
     sock: &Bound<'py, PyAny>,
     buf: &Bound<'py, PyAny>,
+    ready: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
     let fd = check_sock(lp.get(), sock)?;
-    // The first attempt exports the buffer on the stack (no heap allocation); only an
-    // operation that must wait takes a lasting export.
-    let attempt = with_buffer(buf, |view| {
+    // The attempt exports the buffer on the stack (no heap allocation); only an
+    // operation that must wait for data takes a lasting export.
+    let (attempt, bulk) = with_buffer(buf, |view| {
         if view.readonly {
             return Err(PyTypeError::new_err("buffer is read-only"));
         }
         if !view.contiguous {
             return Err(PyValueError::new_err("buffer is not contiguous"));
         }
+        let bulk = view.len >= DIRECT_RECV;
+        if bulk && !ready {
+            return Ok((None, bulk));
+        }
         // SAFETY: the view is writable, contiguous and exported for `len` bytes for
         // the length of the call.
-        Ok(unsafe { socket_io::recv_raw(fd, view.ptr, view.len) })
+        Ok((
+            Some(unsafe { socket_io::recv_raw(fd, view.ptr, view.len) }),
+            bulk,
+        ))
     })?;
+    let Some(attempt) = attempt else {
+        return SockWaiter::start(lp, sock, fd, Side::Read, Op::Readable);
+    };
     let attempt = match attempt {
         Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
         Err(e) => Err(e),
     };
     done_or_wait(lp, sock, fd, Side::Read, attempt, || {
-        lasting_byte_buffer(buf).map(Op::RecvInto)
+        if bulk {
+            Ok(Op::Readable)
+        } else {
+            lasting_byte_buffer(buf).map(Op::RecvInto)
+        }
     })
 }
 

@@ -22,6 +22,18 @@ def pair():
     return a, b
 
 
+async def receive(loop, sock, n, method):
+    """One `loop.sock_recv`, or one `loop.sock_recv_into` of an n-byte buffer."""
+    if method == "sock_recv":
+        return await loop.sock_recv(sock, n)
+    buf = bytearray(n)
+    got = await loop.sock_recv_into(sock, buf)
+    return bytes(buf[:got])
+
+
+BOTH_RECEIVES = pytest.mark.parametrize("method", ["sock_recv", "sock_recv_into"])
+
+
 def test_sendall_and_recv_move_every_byte(loop):
     async def main():
         a, b = pair()
@@ -88,7 +100,8 @@ def test_recv_into_takes_any_writable_buffer(loop, waits):
     run(loop, main())
 
 
-def test_a_bulk_receive_waits_for_a_poll_and_a_small_one_reads_at_once(oxloop):
+@BOTH_RECEIVES
+def test_a_bulk_receive_waits_for_a_poll_and_a_small_one_reads_at_once(oxloop, method):
     # An oxio choice (asyncio always reads at once): a receive of 64 KiB or more waits
     # for the next poll, as uvloop's every receive does, so a bulk transfer is read in
     # turns with the other ready tasks instead of all in one step. A smaller receive
@@ -116,11 +129,11 @@ def test_a_bulk_receive_waits_for_a_poll_and_a_small_one_reads_at_once(oxloop):
             got = bytearray()
             async with asyncio.timeout(5):  # no wait_for: its task would yield too
                 before = ticks
-                got += await loop.sock_recv(b, 1024)
+                got += await receive(loop, b, 1024, method)
                 assert ticks == before, "a small receive with data waiting yielded"
                 while len(got) < len(data):
                     before = ticks
-                    got += await loop.sock_recv(b, 65536)
+                    got += await receive(loop, b, 65536, method)
                     assert ticks > before, "a bulk receive did not wait for a poll"
             t.cancel()
             assert got == data
@@ -255,7 +268,8 @@ def test_sendfile_over_a_transport(loop):
     run(loop, main())
 
 
-def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop):
+@BOTH_RECEIVES
+def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop, method):
     # An oxio choice: a bulk receive (64 KiB or more) reads in its own task's step once
     # the socket is reported readable, so cancelling it between the report and that
     # step loses nothing (asyncio reads in the reader callback; cancelling then drops
@@ -265,7 +279,7 @@ def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop):
     async def main():
         a, b = pair()
         with a, b:
-            t = asyncio.ensure_future(loop.sock_recv(b, 65536))
+            t = asyncio.ensure_future(receive(loop, b, 65536, method))
             await asyncio.sleep(0)
             assert t._fut_waiter is not None  # waiting for the socket
             cancelled = loop.create_future()
@@ -283,6 +297,6 @@ def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop):
             await cancelled
             with pytest.raises(asyncio.CancelledError):
                 await t
-            assert await asyncio.wait_for(loop.sock_recv(b, 65536), 5) == b"kept" * 25
+            assert await asyncio.wait_for(receive(loop, b, 65536, method), 5) == b"kept" * 25
 
     run(loop, main())

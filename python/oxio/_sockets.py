@@ -145,10 +145,14 @@ class SocketMixin:
         return result
 
     async def sock_recv_into(self, sock, buf):
-        result = _oxio.sock_recv_into(self, sock, buf)
-        if result.__class__ is int:
-            return result
-        return await result
+        # As sock_recv: a bulk receive's future completes with None once the socket
+        # is readable, and the read is then made here, in this task.
+        result = _oxio.sock_recv_into(self, sock, buf, False)
+        while result.__class__ is not int:
+            result = await result
+            if result is None:
+                result = _oxio.sock_recv_into(self, sock, buf, True)
+        return result
 
     async def _try_then_wait(self, wait, sock, method, *args):
         """The shape of asyncio's datagram socket methods: `sock.<method>(*args)` at
