@@ -63,6 +63,12 @@ impl BytesPool {
         self.free.push(b);
     }
 
+    /// Empties the pool (the loop is closing), handing its objects back for the caller
+    /// to drop outside any borrow.
+    pub fn take_all(&mut self) -> Vec<Py<PyBytes>> {
+        std::mem::take(&mut self.free)
+    }
+
     /// A `bytes` holding a copy of `data`: the most recently kept object when it is
     /// large enough and at most twice `data`'s size (so a reused object never pins much
     /// more memory than a new one would), or else a new one.

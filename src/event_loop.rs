@@ -779,8 +779,10 @@ impl Loop {
         let watch_handles = watches.map(|mut w| w.take_all()).unwrap_or_default();
         let flush = this.flush.with(py, |f| f.take_all());
         let transports = this.transports.with(py, std::mem::take);
+        let pooled = this.bytes_pool.with(py, |p| p.take_all());
         drop(flush);
         drop(transports);
+        drop(pooled);
         ready.into_iter().for_each(release);
         timers.into_iter().for_each(|t| release(t.0));
         watch_handles.into_iter().for_each(release);

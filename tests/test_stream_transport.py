@@ -6,12 +6,14 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import socket
 import struct
 import tempfile
 import termios
+import tracemalloc
 
 import pytest
 from conftest import run, run_until
@@ -981,3 +983,29 @@ def test_a_reused_bytearray_is_written_as_it_was_at_each_write(loop):
         peer.close()
 
     run(loop, main())
+
+
+def test_closing_the_loop_frees_the_bytes_it_kept_for_reuse(oxloop):
+    # oxio keeps written bytes objects that came back private for later reads; closing
+    # the loop lets them go, rather than when the loop object itself is freed.
+    loop = oxloop
+    message = b"m" * 8000  # read into a copy, written through the queue
+
+    async def main():
+        tr, pr, peer = await connected_pair(loop, EchoCheckingHashes)
+        await loop.sock_sendall(peer, message)
+        assert await asyncio.wait_for(recv_exactly(loop, peer, len(message)), 5) == message
+        tr.close()
+        peer.close()
+        await asyncio.sleep(0)
+
+    tracemalloc.start()
+    try:
+        run(loop, main())
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        loop.close()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert before - after > len(message) // 2, (before, after)
