@@ -135,24 +135,17 @@ class SocketMixin:
 
     async def sock_recv(self, sock, n):
         # The attempt and the wait are native (oxio._oxio.sock_recv): the data comes
-        # back at once, or a future to await, which for a bulk receive completes with
-        # None once the socket is readable: the read is then made here, in this task.
+        # back at once, or a future to await.
         result = _oxio.sock_recv(self, sock, n, False)
-        while result.__class__ is not bytes:
-            result = await result
-            if result is None:
-                result = _oxio.sock_recv(self, sock, n, True)
-        return result
+        if result.__class__ is bytes:
+            return result
+        return await _received(result, bytes, _oxio.sock_recv, self, sock, n)
 
     async def sock_recv_into(self, sock, buf):
-        # As sock_recv: a bulk receive's future completes with None once the socket
-        # is readable, and the read is then made here, in this task.
         result = _oxio.sock_recv_into(self, sock, buf, False)
-        while result.__class__ is not int:
-            result = await result
-            if result is None:
-                result = _oxio.sock_recv_into(self, sock, buf, True)
-        return result
+        if result.__class__ is int:
+            return result
+        return await _received(result, int, _oxio.sock_recv_into, self, sock, buf)
 
     async def _try_then_wait(self, wait, sock, method, *args):
         """The shape of asyncio's datagram socket methods: `sock.<method>(*args)` at
@@ -348,3 +341,16 @@ class SocketMixin:
         finally:
             if total_sent > 0 and hasattr(file, "seek"):
                 file.seek(offset + total_sent)
+
+
+async def _received(waiting, kind, attempt, loop, sock, arg):
+    """The result of a receive that had to wait. Its future completes with the result
+    (a `kind`), or, for a bulk receive, with None once the socket is readable: the read
+    is then made here, in the receiving task, so that the data arrives just before the
+    code that uses it (and cancelling the task before then loses nothing)."""
+    result = await waiting
+    while result is None:
+        result = attempt(loop, sock, arg, True)
+        if result.__class__ is not kind:
+            result = await result
+    return result
