@@ -86,20 +86,34 @@ impl BytesPool {
         let obj = b.as_ptr().cast::<ffi::PyBytesObject>();
         // SAFETY: the object has a reference count of one (checked by `keep`, and only
         // the pool held it since), so nothing can observe it while it is rewritten. Its
-        // allocation holds at least its current size plus the trailing NUL, and `n` is no
-        // larger, so the copy and the new NUL stay inside it. The cached hash is reset, as
-        // for any new `bytes`. The size only shrinks, which bytes deallocation (sized by
-        // the allocator, not by `ob_size`) does not mind.
+        // allocation holds at least its current size, and `n` is no larger, so the copy
+        // stays inside it.
         unsafe {
             let sval = std::ptr::addr_of_mut!((*obj).ob_sval).cast::<u8>();
             std::ptr::copy_nonoverlapping(data.as_ptr(), sval, n);
-            *sval.add(n) = 0;
-            (*obj).ob_base.ob_size = n as ffi::Py_ssize_t;
-            #[allow(deprecated)]
-            {
-                (*obj).ob_shash = -1;
-            }
+            set_len(b.as_ptr(), n);
         }
         b
+    }
+}
+
+/// Sets an unshared `bytes` object's size to `n`, no more than its current size, where
+/// it stands: the trailing NUL moves to `n` and the cached hash is reset, as for any new
+/// `bytes`. The allocation keeps its size, which bytes deallocation (sized by the
+/// allocator, not by `ob_size`) does not mind.
+///
+/// # Safety
+/// `obj` must be a `bytes` object of at least `n` bytes with no other reference to it.
+pub unsafe fn set_len(obj: *mut ffi::PyObject, n: usize) {
+    let obj = obj.cast::<ffi::PyBytesObject>();
+    // SAFETY: the caller guarantees an unshared bytes object of at least `n` bytes, so
+    // byte `n` (its NUL or a data byte) lies inside the allocation.
+    unsafe {
+        *std::ptr::addr_of_mut!((*obj).ob_sval).cast::<u8>().add(n) = 0;
+        (*obj).ob_base.ob_size = n as ffi::Py_ssize_t;
+        #[allow(deprecated)]
+        {
+            (*obj).ob_shash = -1;
+        }
     }
 }

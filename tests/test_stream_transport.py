@@ -919,7 +919,7 @@ class EchoCheckingHashes(asyncio.Protocol):
         self.transport.write(data)
 
 
-@pytest.mark.parametrize("size", [300, 1024, 4000, 16384])
+@pytest.mark.parametrize("size", [300, 1024, 4000, 16384, 65536])
 def test_echoed_messages_arrive_intact_with_right_hashes(loop, size):
     # oxio reuses a written bytes object that came back private for a later read of a
     # similar size: its contents, size and cached hash must all be those of the new data
