@@ -69,6 +69,11 @@ impl<T> GilCell<T> {
 }
 
 impl<T> GilCell<T> {
+    /// The value, through exclusive access to the cell (no borrow can be live).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+
     /// Runs `f` on the value unless it is borrowed right now (then returns `None`).
     /// For the garbage collector's traversal, which may run in the middle of a borrow
     /// and must then report fewer references (a leak), never touch the value.

@@ -302,6 +302,91 @@ def test_real_emfile_on_accept(loop, monkeypatch):
     assert contexts[0]["exception"].errno == errno.EMFILE
 
 
+def open_descriptors():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_protocol_factory_leaves_no_descriptor_open(loop):
+    def factory():
+        raise RuntimeError("no protocol for you")
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        before = open_descriptors()
+        for _ in range(3):
+            with socket.create_connection(addr, timeout=5) as s:
+                s.setblocking(False)
+                assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b""
+        assert open_descriptors() == before
+        server.close()
+        await server.wait_closed()
+
+    loop.set_exception_handler(lambda loop, ctx: None)
+    run(loop, main())
+
+
+def test_an_unclosed_accepted_transport_warns_and_closes_its_descriptor(loop):
+    # A connection still open when its loop closes: collecting its transport warns
+    # "unclosed transport" and closes the descriptor, as asyncio's __del__ does.
+    import gc
+    import warnings
+
+    made, lost = loop.create_future(), loop.create_future()
+
+    async def main():
+        server = await loop.create_server(lambda: Keep(made, lost), "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname(), timeout=5)
+        tr = await asyncio.wait_for(made, 5)
+        server.close()
+        return client, tr._sock_fd
+
+    client, fd = run(loop, main())
+    try:
+        loop.close()
+        made = lost = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+        assert any(m.startswith("unclosed transport") for m in messages), messages
+        with pytest.raises(OSError) as e:
+            os.fstat(fd)
+        assert e.value.errno == errno.EBADF
+    finally:
+        client.close()
+
+
+def test_an_accepted_connection_makes_its_socket_object_only_when_asked(oxloop, monkeypatch):
+    # oxio's choice: an accepted connection's `socket.socket` (a Python call and a
+    # getsockname, then two Python calls at the close) is made on the first request.
+    loop = oxloop
+    made_sockets = []
+    init = socket.socket.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made_sockets.append(self)
+        init(self, *args, **kwargs)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        clients = [socket.socket() for _ in range(3)]
+        monkeypatch.setattr(socket.socket, "__init__", counting_init)
+        for s in clients:
+            with s:
+                s.setblocking(False)
+                await asyncio.wait_for(loop.sock_connect(s, addr), 5)
+                await loop.sock_sendall(s, b"ping")
+                assert await asyncio.wait_for(loop.sock_recv(s, 10), 5) == b"ping"
+        assert made_sockets == []
+        monkeypatch.undo()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::1", "unix"])
 def test_both_ends_report_their_addresses_before_and_after_close(loop, host):
     # As asyncio's transports: sockname and peername are what the socket says, and

@@ -110,7 +110,6 @@ class SocketTransport(EngineTransport, methods=STREAM_METHODS):
         core = self.__dict__.get("_core")
         if core is None:
             return
-        sock = core._sock()
-        if sock is not None:
+        if core._is_open():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+            core._close_unclosed()

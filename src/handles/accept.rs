@@ -4,7 +4,7 @@
 //! goes back to Python, where asyncio's handling lives.
 
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors;
 use crate::event_loop::{os_error, Loop};
-use crate::handles::stream::start_stream_transport;
+use crate::handles::stream::{start_stream_transport, Conn, SockKind};
 use crate::py_refs;
 use crate::sockaddr::sockaddr_to_py;
 
@@ -21,9 +21,8 @@ use crate::sockaddr::sockaddr_to_py;
 pub struct Acceptor {
     lp: Py<Loop>,
     fd: RawFd,
-    family: i32,
-    sock_type: i32,
-    proto: i32,
+    /// The listening socket's kind, which its connections share.
+    kind: SockKind,
     protocol_factory: Py<PyAny>,
     server: Option<Py<PyAny>>,
     backlog: usize,
@@ -33,7 +32,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// One pending connection, or `None` when there is none (or it was aborted).
-    fn accept_one(&self) -> std::io::Result<Option<(RawFd, libc::sockaddr_storage, u32)>> {
+    fn accept_one(&self) -> std::io::Result<Option<(OwnedFd, libc::sockaddr_storage, u32)>> {
         let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         loop {
@@ -48,6 +47,8 @@ impl Acceptor {
                 )
             };
             if fd >= 0 {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 // SAFETY: zero-initialized and then written by the kernel.
                 return Ok(Some((fd, unsafe { storage.assume_init() }, len)));
             }
@@ -61,51 +62,51 @@ impl Acceptor {
     }
 
     /// Wraps an accepted descriptor in a `socket.socket` (non-blocking, as asyncio's
-    /// accepted sockets are). On failure the descriptor is closed here.
-    fn wrap(&self, py: Python<'_>, fd: RawFd) -> PyResult<Py<PyAny>> {
-        match py_refs::socket_class(py)?.call1((
-            self.family,
-            self.sock_type | libc::SOCK_NONBLOCK,
-            self.proto,
-            fd,
-        )) {
-            Ok(s) => Ok(s.unbind()),
-            Err(e) => {
-                // SAFETY: the descriptor came from accept4 and no object owns it yet.
-                unsafe { libc::close(fd) };
-                Err(e)
-            }
-        }
+    /// accepted sockets are), which then owns it. On failure the descriptor is closed.
+    fn wrap<'py>(&self, py: Python<'py>, fd: OwnedFd) -> PyResult<Bound<'py, PyAny>> {
+        let sock = py_refs::socket_class(py)?.call1((
+            self.kind.family,
+            self.kind.sock_type | libc::SOCK_NONBLOCK,
+            self.kind.proto,
+            fd.as_raw_fd(),
+        ))?;
+        let _owned_by_sock = fd.into_raw_fd();
+        Ok(sock)
     }
 
     fn start_connection(
         &self,
         py: Python<'_>,
-        fd: RawFd,
-        conn: Py<PyAny>,
+        conn: Conn<'_, '_>,
         peer: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let lp = self.lp.bind(py);
-        let conn = conn.bind(py);
         if lp.get().is_debug() {
+            let shown = match &conn {
+                Conn::Socket(sock, _) => (*sock).clone(),
+                Conn::Fd(fd) => fd.as_raw_fd().into_pyobject(py)?.into_any(),
+            };
             py_refs::logger(py)?.call_method1(
                 "debug",
                 (
                     "%r got a new connection from %r: %r",
                     self.server.as_ref().map(|s| s.bind(py).clone()),
                     &peer,
-                    conn,
+                    shown,
                 ),
             )?;
         }
         let protocol = match self.protocol_factory.bind(py).call0() {
             Ok(p) => p,
-            Err(e) if errors::is_exit_exception(py, &e) => {
-                conn.call_method0(intern!(py, "close"))?;
-                return Err(e);
-            }
             Err(e) => {
-                conn.call_method0(intern!(py, "close"))?;
+                if let Conn::Socket(sock, _) = &conn {
+                    sock.call_method0(intern!(py, "close"))?;
+                }
+                // A bare descriptor closes as `conn` drops.
+                drop(conn);
+                if errors::is_exit_exception(py, &e) {
+                    return Err(e);
+                }
                 lp.call_method1(
                     intern!(py, "_report_accept_error"),
                     (e.into_value(py), py.None(), py.None()),
@@ -116,10 +117,7 @@ impl Acceptor {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), peer)?;
         let server = self.server.as_ref().map(|s| s.bind(py));
-        let tcp = (self.family == libc::AF_INET || self.family == libc::AF_INET6)
-            && self.sock_type == libc::SOCK_STREAM
-            && self.proto == libc::IPPROTO_TCP;
-        start_stream_transport(lp, conn, fd, tcp, &protocol, None, Some(&extra), server)?;
+        start_stream_transport(lp, conn, self.kind, &protocol, None, Some(&extra), server)?;
         Ok(())
     }
 }
@@ -140,9 +138,7 @@ impl Acceptor {
         Ok(Acceptor {
             lp: lp.clone().unbind(),
             fd: sock.call_method0(intern!(py, "fileno"))?.extract()?,
-            family: sock.getattr(intern!(py, "family"))?.extract()?,
-            sock_type: sock.getattr(intern!(py, "type"))?.extract()?,
-            proto: sock.getattr(intern!(py, "proto"))?.extract()?,
+            kind: SockKind::of(sock)?,
             protocol_factory,
             server: server.filter(|s| !s.is_none(py)),
             backlog: backlog.max(1),
@@ -165,15 +161,18 @@ impl Acceptor {
                     return Ok(());
                 }
             };
-            let conn = self.wrap(py, fd)?;
-            let peer = match sockaddr_to_py(py, &addr, len)? {
-                Some(p) => p,
-                None => conn
-                    .bind(py)
-                    .call_method0(intern!(py, "getpeername"))
-                    .unwrap_or_else(|_| py.None().into_bound(py)),
-            };
-            self.start_connection(py, fd, conn, peer)?;
+            match sockaddr_to_py(py, &addr, len)? {
+                Some(peer) => self.start_connection(py, Conn::Fd(fd), peer)?,
+                None => {
+                    // A family not decoded here: the socket object knows its peer.
+                    let raw = fd.as_raw_fd();
+                    let sock = self.wrap(py, fd)?;
+                    let peer = sock
+                        .call_method0(intern!(py, "getpeername"))
+                        .unwrap_or_else(|_| py.None().into_bound(py));
+                    self.start_connection(py, Conn::Socket(&sock, raw), peer)?;
+                }
+            }
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! queued and leave in one vectored write when the loop flushes before polling, or at
 //! once when the queue passes the high-water mark or the loop is not running.
 
-use std::os::fd::RawFd;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 
 use oxio_core::{socket_io, Flushed, WriteQueue};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -160,8 +160,8 @@ fn is_buffered(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
 
 /// Mutable state, borrowed only between calls into Python.
 struct State {
-    /// The socket object; `None` once the connection is lost and the socket closed.
-    sock: Option<Py<PyAny>>,
+    /// Who owns the descriptor, and the socket object if one was made.
+    socket: SocketSlot,
     /// The object the protocol sees (a subclass of `asyncio.Transport`).
     proxy: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
@@ -189,8 +189,6 @@ struct State {
     flush_queued: bool,
     empty_waiter: Option<Py<PyAny>>,
     released: Vec<Chunk>,
-    /// The socket object after it was closed, for `get_extra_info("socket")`.
-    closed_sock: Option<Py<PyAny>>,
     /// The socket's addresses, taken as it closed if nobody had asked for them yet, so
     /// that `get_extra_info` still answers afterwards, as asyncio's does.
     addr_snapshot: Option<Box<[Option<RawAddr>; 2]>>,
@@ -204,7 +202,62 @@ pub struct StreamTransport {
     /// Reads may stop early at ancillary data (a Unix socket's passed descriptors or
     /// credentials), so they go through `recvmsg`, which tells when that happened.
     cut_reads: bool,
+    /// The socket's family, type and protocol, to make its `socket.socket` on demand.
+    kind: SockKind,
     st: GilCell<State>,
+}
+
+/// A stream socket's `(family, type, proto)`, as `socket.socket` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SockKind {
+    pub family: i32,
+    pub sock_type: i32,
+    pub proto: i32,
+}
+
+impl SockKind {
+    /// The kind of `sock`, a `socket.socket`.
+    pub(crate) fn of(sock: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = sock.py();
+        Ok(SockKind {
+            family: sock.getattr(intern!(py, "family"))?.extract()?,
+            sock_type: sock.getattr(intern!(py, "type"))?.extract()?,
+            proto: sock.getattr(intern!(py, "proto"))?.extract()?,
+        })
+    }
+
+    /// asyncio's `_set_nodelay` condition: an IP stream socket whose protocol is TCP (a
+    /// socket made with protocol 0 keeps Nagle's algorithm, as in asyncio).
+    pub(crate) fn is_tcp(&self) -> bool {
+        (self.family == libc::AF_INET || self.family == libc::AF_INET6)
+            && self.sock_type == libc::SOCK_STREAM
+            && self.proto == libc::IPPROTO_TCP
+    }
+}
+
+/// Who owns a transport's descriptor.
+enum SocketSlot {
+    /// The transport: no `socket.socket` has been asked for yet. Accepted connections
+    /// start here, since most are never asked: making one costs a Python call, a
+    /// `getsockname` (the socket module checks the descriptor) and, at the close, two more.
+    Bare,
+    /// This `socket.socket`, which the transport closes.
+    Object(Py<PyAny>),
+    /// Nobody: the descriptor is closed. Holds the socket object, closed, if one was made.
+    Closed(Option<Py<PyAny>>),
+}
+
+impl SocketSlot {
+    fn is_open(&self) -> bool {
+        !matches!(self, SocketSlot::Closed(_))
+    }
+
+    fn object(&self) -> Option<&Py<PyAny>> {
+        match self {
+            SocketSlot::Object(o) | SocketSlot::Closed(Some(o)) => Some(o),
+            _ => None,
+        }
+    }
 }
 
 /// Disables Nagle's algorithm on TCP sockets, as asyncio does for every transport.
@@ -223,18 +276,6 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
-/// asyncio's `_set_nodelay` condition: an IP stream socket whose protocol is TCP (a
-/// socket made with protocol 0 keeps Nagle's algorithm, as in asyncio).
-fn is_tcp(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = sock.py();
-    let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
-    let kind: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
-    let proto: i32 = sock.getattr(intern!(py, "proto"))?.extract()?;
-    Ok((family == libc::AF_INET || family == libc::AF_INET6)
-        && kind == libc::SOCK_STREAM
-        && proto == libc::IPPROTO_TCP)
-}
-
 /// Creates the transport for `sock` (connected, non-blocking) and schedules, as asyncio
 /// does, `protocol.connection_made(transport)`, the start of reading, and then the
 /// waiter's result. Returns the Python-visible transport.
@@ -251,27 +292,39 @@ pub fn make_stream_transport<'py>(
     let py = lp.py();
     lp.get().check_closed()?;
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-    start_stream_transport(lp, sock, fd, is_tcp(sock)?, protocol, waiter, extra, server)
+    let kind = SockKind::of(sock)?;
+    let conn = Conn::Socket(sock, fd);
+    start_stream_transport(lp, conn, kind, protocol, waiter, extra, server)
 }
 
-/// [`make_stream_transport`] for a caller that knows the socket's descriptor and
-/// whether it is TCP (the acceptor does, without asking the socket object).
-#[allow(clippy::too_many_arguments)]
+/// A new transport's descriptor, and who owns it.
+pub(crate) enum Conn<'a, 'py> {
+    /// A socket object, which keeps owning its descriptor (given here too).
+    Socket(&'a Bound<'py, PyAny>, RawFd),
+    /// A bare descriptor, which the transport takes over: it makes the socket object
+    /// only if somebody asks for it (the acceptor's case).
+    Fd(OwnedFd),
+}
+
+/// [`make_stream_transport`] for a caller that knows the socket's kind.
 pub(crate) fn start_stream_transport<'py>(
     lp: &Bound<'py, Loop>,
-    sock: &Bound<'py, PyAny>,
-    fd: RawFd,
-    tcp: bool,
+    conn: Conn<'_, 'py>,
+    kind: SockKind,
     protocol: &Bound<'py, PyAny>,
     waiter: Option<&Bound<'py, PyAny>>,
     extra: Option<&Bound<'py, PyDict>>,
     server: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
-    if tcp {
-        set_nodelay(fd);
-    }
     let buffered = is_buffered(protocol)?;
+    let (fd, socket) = match conn {
+        Conn::Socket(sock, fd) => (fd, SocketSlot::Object(sock.clone().unbind())),
+        // Owned by the transport from here: its Drop closes the descriptor if anything
+        // below fails.
+        Conn::Fd(fd) => (fd.into_raw_fd(), SocketSlot::Bare),
+    };
+    let tcp = kind.is_tcp();
     let server = server.filter(|s| !s.is_none());
     let core = Bound::new(
         py,
@@ -279,8 +332,9 @@ pub(crate) fn start_stream_transport<'py>(
             lp: lp.clone().unbind(),
             fd,
             cut_reads: !tcp,
+            kind,
             st: GilCell::new(State {
-                sock: Some(sock.clone().unbind()),
+                socket,
                 proxy: None,
                 protocol: Some(protocol.clone().unbind()),
                 buffered,
@@ -302,11 +356,13 @@ pub(crate) fn start_stream_transport<'py>(
                 flush_queued: false,
                 empty_waiter: None,
                 released: Vec::new(),
-                closed_sock: None,
                 addr_snapshot: None,
             }),
         },
     )?;
+    if tcp {
+        set_nodelay(fd);
+    }
     let proxy = py_refs::proxy_class(py)?.call1((&core,))?;
     core.get()
         .st
@@ -1078,7 +1134,12 @@ impl StreamTransport {
         }
     }
 
+    /// Closes the descriptor once, through its socket object if one was made, keeping
+    /// the addresses nobody has read yet for `get_extra_info`.
     fn close_socket(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.st.with(py, |s| s.socket.is_open()) {
+            return Ok(());
+        }
         let need = self.st.with(py, |s| match &s.extra {
             Some(e) => {
                 let e = e.bind(py);
@@ -1097,22 +1158,79 @@ impl StreamTransport {
             need[0].then(|| sockaddr::query(self.fd, false)).flatten(),
             need[1].then(|| sockaddr::query(self.fd, true)).flatten(),
         ];
-        let sock = self.st.with(py, |s| {
-            let sock = s.sock.take();
-            if let Some(sock) = &sock {
-                s.closed_sock = Some(sock.clone_ref(py));
-                if need[0] || need[1] {
-                    s.addr_snapshot = Some(Box::new(snapshot));
+        let slot = self.st.with(py, |s| {
+            if need[0] || need[1] {
+                s.addr_snapshot = Some(Box::new(snapshot));
+            }
+            let closed = SocketSlot::Closed(s.socket.object().map(|o| o.clone_ref(py)));
+            std::mem::replace(&mut s.socket, closed)
+        });
+        self.lp.get().forget_transport(py, self.fd);
+        self.lp.get().forget_fd(py, self.fd);
+        match slot {
+            SocketSlot::Object(sock) => {
+                sock.bind(py).call_method0(intern!(py, "close"))?;
+            }
+            SocketSlot::Bare => {
+                // SAFETY: the transport owned the descriptor (no socket object was made
+                // from it) and the slot now says closed, so nothing closes it again.
+                if unsafe { libc::close(self.fd) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    // socket.close() ignores a reset reported at the close too.
+                    if e.raw_os_error() != Some(libc::ECONNRESET) {
+                        return Err(os_error(e));
+                    }
                 }
             }
-            sock
-        });
-        if let Some(sock) = sock {
-            self.lp.get().forget_transport(py, self.fd);
-            self.lp.get().forget_fd(py, self.fd);
-            sock.bind(py).call_method0(intern!(py, "close"))?;
+            SocketSlot::Closed(_) => {}
         }
         Ok(())
+    }
+
+    /// The connection's `socket.socket`, made from the descriptor on the first request
+    /// (the object then owns it); after the close, the closed socket, or a closed one of
+    /// the same kind if none was made while open.
+    fn socket_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (made, open) = self.st.with(py, |s| {
+            (
+                s.socket.object().map(|o| o.clone_ref(py)),
+                s.socket.is_open(),
+            )
+        });
+        if let Some(made) = made {
+            return Ok(made.into_bound(py));
+        }
+        let k = self.kind;
+        let class = py_refs::socket_class(py)?;
+        let sock = if open {
+            class.call1((
+                k.family,
+                k.sock_type | libc::SOCK_NONBLOCK,
+                k.proto,
+                self.fd,
+            ))?
+        } else {
+            let sock = class.call1((k.family, k.sock_type, k.proto))?;
+            sock.call_method0(intern!(py, "close"))?;
+            sock
+        };
+        // Making it ran Python code; install it only where the slot is still as it was.
+        let installed = self.st.with(py, |s| match s.socket {
+            SocketSlot::Bare if open => {
+                s.socket = SocketSlot::Object(sock.clone().unbind());
+                true
+            }
+            SocketSlot::Closed(None) if !open => {
+                s.socket = SocketSlot::Closed(Some(sock.clone().unbind()));
+                true
+            }
+            _ => false,
+        });
+        if !installed && open {
+            // The descriptor is not this object's to close.
+            sock.call_method0(intern!(py, "detach"))?;
+        }
+        Ok(sock)
     }
 }
 
@@ -1335,10 +1453,22 @@ impl StreamTransport {
         self.fd
     }
 
-    /// The socket object while the transport owns it.
-    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st
-            .with(py, |s| s.sock.as_ref().map(|p| p.clone_ref(py)))
+    /// The socket object while the connection is open (made now if nobody asked yet).
+    fn _sock<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if !self.st.with(py, |s| s.socket.is_open()) {
+            return Ok(None);
+        }
+        self.socket_object(py).map(Some)
+    }
+
+    /// Whether the descriptor is still open.
+    fn _is_open(&self, py: Python<'_>) -> bool {
+        self.st.with(py, |s| s.socket.is_open())
+    }
+
+    /// The close an unclosed transport gets when it is collected.
+    fn _close_unclosed(&self, py: Python<'_>) -> PyResult<()> {
+        self.close_socket(py)
     }
 
     /// A future that completes when the write queue is empty (sendfile waits on it).
@@ -1380,7 +1510,7 @@ impl StreamTransport {
     fn _reclaim_fd(slf: &Bound<'_, Self>) {
         let py = slf.py();
         let this = slf.get();
-        if this.st.with(py, |s| s.sock.is_some()) {
+        if this.st.with(py, |s| s.socket.is_open()) {
             this.lp
                 .get()
                 .adopt_transport(py, this.fd, slf.clone().unbind());
@@ -1396,7 +1526,7 @@ impl StreamTransport {
     fn _repr_info(&self, py: Python<'_>) -> String {
         let (open, closing, reading, writing, size) = self.st.with(py, |s| {
             (
-                s.sock.is_some(),
+                s.socket.is_open(),
                 s.closing,
                 s.reading,
                 s.writing,
@@ -1431,13 +1561,12 @@ impl StreamTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.lp)?;
         if let Some(visited) = self.st.try_peek(|s| -> Result<(), PyTraverseError> {
-            visit.call(s.sock.as_ref())?;
+            visit.call(s.socket.object())?;
             visit.call(s.proxy.as_ref())?;
             visit.call(s.protocol.as_ref())?;
             visit.call(s.server.as_ref())?;
             visit.call(s.empty_waiter.as_ref())?;
             visit.call(s.extra.as_ref())?;
-            visit.call(s.closed_sock.as_ref())?;
             Ok(())
         }) {
             visited?;
@@ -1456,14 +1585,11 @@ impl StreamTransport {
 
 impl StreamTransport {
     fn extra(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
-        let (given, sock, snapshot) = self.st.with(py, |s| {
+        let (given, snapshot, open) = self.st.with(py, |s| {
             (
                 s.extra.as_ref().map(|e| e.clone_ref(py)),
-                s.sock
-                    .as_ref()
-                    .or(s.closed_sock.as_ref())
-                    .map(|p| p.clone_ref(py)),
                 s.addr_snapshot.as_deref().copied(),
+                s.socket.is_open(),
             )
         });
         if let Some(e) = &given {
@@ -1476,7 +1602,6 @@ impl StreamTransport {
             Some(e) => e.bind(py).copy()?,
             None => PyDict::new(py),
         };
-        let open = self.st.with(py, |s| s.sock.is_some());
         for (i, key) in ["sockname", "peername"].into_iter().enumerate() {
             if extra.contains(key)? {
                 continue;
@@ -1493,18 +1618,17 @@ impl StreamTransport {
             if value.is_none() && open {
                 // A family not decoded here: the socket module knows it.
                 let method = if i == 1 { "getpeername" } else { "getsockname" };
-                value = sock
-                    .as_ref()
-                    .and_then(|s| s.bind(py).call_method0(method).ok());
+                value = self
+                    .socket_object(py)
+                    .and_then(|s| s.call_method0(method))
+                    .ok();
             }
             extra.set_item(key, value)?;
         }
-        if let Some(sock) = sock {
-            extra.set_item(
-                "socket",
-                py_refs::transport_socket_class(py)?.call1((sock,))?,
-            )?;
-        }
+        extra.set_item(
+            "socket",
+            py_refs::transport_socket_class(py)?.call1((self.socket_object(py)?,))?,
+        )?;
         let extra = extra.unbind();
         let old = self.st.with(py, |s| s.extra.replace(extra.clone_ref(py)));
         drop(old);
@@ -1536,6 +1660,17 @@ impl StreamTransport {
             None => Ok(()),
         };
         result.and(closed).and(detached)
+    }
+}
+
+impl Drop for StreamTransport {
+    fn drop(&mut self) {
+        if matches!(self.st.get_mut().socket, SocketSlot::Bare) {
+            // SAFETY: the transport still owns the descriptor (no socket object was made
+            // from it and it was not closed): dropping the owner closes it, as a socket
+            // object's finalizer would.
+            unsafe { libc::close(self.fd) };
+        }
     }
 }
 
