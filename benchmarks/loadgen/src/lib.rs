@@ -254,18 +254,26 @@ impl Stream {
     /// `Ok(true)` once a non-blocking connect has completed, `Ok(false)` while it is still in
     /// progress, the connect error if it failed.
     pub fn connect_state(&self) -> io::Result<bool> {
-        let (error, peer) = match self {
-            Stream::Tcp(s) => (s.take_error()?, s.peer_addr().map(drop)),
-            Stream::Unix(s) => (s.take_error()?, s.peer_addr().map(drop)),
+        // A connected socket has a peer: one system call in the common case (on loopback
+        // the handshake has usually completed by the time connect returns); the pending
+        // error is fetched only while there is none.
+        let peer = match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
         };
-        if let Some(error) = error {
-            return Err(error);
-        }
         match peer {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
-            Err(e) => Err(e),
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let error = match self {
+            Stream::Tcp(s) => s.take_error()?,
+            Stream::Unix(s) => s.take_error()?,
+        };
+        match error {
+            Some(error) => Err(error),
+            None => Ok(false),
         }
     }
 
