@@ -300,3 +300,39 @@ def test_a_cancelled_bulk_receive_leaves_the_data_for_the_next(oxloop, method):
             assert await asyncio.wait_for(receive(loop, b, 65536, method), 5) == b"kept" * 25
 
     run(loop, main())
+
+
+def test_sendfile_over_an_accepted_transport(loop):
+    # The server's side of a connection: its socket object (which oxio makes only when
+    # asked) carries the zero-copy send, and the transport goes on afterwards.
+    async def main():
+        done = loop.create_future()
+
+        async def handle(reader, writer):
+            try:
+                with tempfile.TemporaryFile() as f:
+                    f.write(PAYLOAD)
+                    f.flush()
+                    writer.write(b"head")
+                    sent = await loop.sendfile(writer.transport, f)
+                    writer.write(b"tail")
+                    await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+                done.set_result(sent)
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            got = await asyncio.wait_for(reader.read(), 10)
+            assert got == b"head" + PAYLOAD + b"tail"
+            assert await asyncio.wait_for(done, 10) == len(PAYLOAD)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
