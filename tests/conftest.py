@@ -70,6 +70,23 @@ def run(loop, coro, timeout: float = 10.0):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
+def settling(done, handler):
+    """A `start_server` callback that runs `handler(reader, writer)`, closes the writer,
+    and settles the future `done` with the handler's result or exception, so that a test
+    awaits the server side's outcome instead of losing it in the server's task."""
+
+    async def handle(reader, writer):
+        try:
+            result = await handler(reader, writer)
+            writer.close()
+            await writer.wait_closed()
+            done.set_result(result)
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    return handle
+
+
 def run_briefly(loop, iterations: int = 1) -> None:
     """Runs `iterations` loop iterations (a stop() scheduled first lets one pass run)."""
     for _ in range(iterations):

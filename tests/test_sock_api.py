@@ -10,7 +10,7 @@ import socket
 import tempfile
 
 import pytest
-from conftest import run
+from conftest import run, settling
 
 PAYLOAD = bytes(range(256)) * 8192  # 2 MiB
 
@@ -309,21 +309,16 @@ def test_sendfile_over_an_accepted_transport(loop):
         done = loop.create_future()
 
         async def handle(reader, writer):
-            try:
-                with tempfile.TemporaryFile() as f:
-                    f.write(PAYLOAD)
-                    f.flush()
-                    writer.write(b"head")
-                    sent = await loop.sendfile(writer.transport, f)
-                    writer.write(b"tail")
-                    await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-                done.set_result(sent)
-            except BaseException as exc:
-                done.set_exception(exc)
+            with tempfile.TemporaryFile() as f:
+                f.write(PAYLOAD)
+                f.flush()
+                writer.write(b"head")
+                sent = await loop.sendfile(writer.transport, f)
+                writer.write(b"tail")
+                await writer.drain()
+            return sent
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(settling(done, handle), "127.0.0.1", 0)
         try:
             reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
             got = await asyncio.wait_for(reader.read(), 10)

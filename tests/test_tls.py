@@ -25,7 +25,7 @@ import threading
 import time
 
 import pytest
-from conftest import run, run_until
+from conftest import run, run_until, settling
 from test.test_asyncio import utils as test_utils
 
 HOST = "127.0.0.1"
@@ -1467,21 +1467,15 @@ def test_stream_writer_start_tls_upgrades_a_plain_connection(loop):
         handled = loop.create_future()
 
         async def handle(reader, writer):
-            try:
-                assert await reader.readline() == b"STARTTLS\n"
-                writer.write(b"OK\n")
-                await writer.drain()
-                await writer.start_tls(server_context())
-                assert writer.get_extra_info("ssl_object") is not None
-                writer.write((await reader.readexactly(5)).upper())
-                await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-                handled.set_result(None)
-            except BaseException as exc:
-                handled.set_exception(exc)
+            assert await reader.readline() == b"STARTTLS\n"
+            writer.write(b"OK\n")
+            await writer.drain()
+            await writer.start_tls(server_context())
+            assert writer.get_extra_info("ssl_object") is not None
+            writer.write((await reader.readexactly(5)).upper())
+            await writer.drain()
 
-        server = await asyncio.start_server(handle, HOST, 0)
+        server = await asyncio.start_server(settling(handled, handle), HOST, 0)
         port = server.sockets[0].getsockname()[1]
         try:
             reader, writer = await asyncio.open_connection(HOST, port)
