@@ -652,18 +652,31 @@ fn run_connrate(cfg: &Config) -> Result<Meter, String> {
             attempts += 1;
             match cfg.target.connect_spread(attempts) {
                 Ok(mut stream) => {
+                    // On loopback the handshake has usually completed by now: shut down
+                    // at once and watch for reading only, so that the acknowledgements
+                    // of what follows raise no write-space events to wake this client
+                    // for nothing. Otherwise (or on any error) watch for the connect too
+                    // and let `advance` take it from there.
+                    let shut = matches!(stream.connect_state(), Ok(true))
+                        && stream.shutdown(Shutdown::Write).is_ok();
+                    let interest = if shut {
+                        Interest::READABLE
+                    } else {
+                        Interest::READABLE | Interest::WRITABLE
+                    };
                     registry
-                        .register(
-                            &mut stream,
-                            Token(i),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
+                        .register(&mut stream, Token(i), interest)
                         .map_err(|e| format!("register: {e}"))?;
                     cycle.stream = Some(stream);
-                    cycle.phase = Phase::Connecting;
                     cycle.started = now;
-                    // Whatever the socket has by now, the registration above reports.
-                    ready.push((i, false));
+                    if shut {
+                        // The server's end-of-file can only follow the shutdown, and
+                        // the registration reports whatever the socket has by then.
+                        cycle.phase = Phase::AwaitingEof;
+                    } else {
+                        cycle.phase = Phase::Connecting;
+                        ready.push((i, false));
+                    }
                 }
                 Err(e) if transient(&e) => {
                     meter.retries += 1;
