@@ -64,6 +64,22 @@ cached_attr!(
     /// The `asyncio.base_events` module, whose `logger` the loop logs through.
     base_events, "asyncio", "base_events");
 
+cached_attr!(
+    /// `_socket.socket`, the C type under `socket.socket`.
+    socket_base_class, "_socket", "socket");
+
+/// `object.__new__`, which makes an instance of a class without running its `__init__`.
+pub fn object_new(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        py.import("builtins")?
+            .getattr("object")?
+            .getattr("__new__")
+            .map(Bound::unbind)
+    })
+    .map(|v| v.bind(py))
+}
+
 /// asyncio's logger, looked up on every use as `asyncio.base_events.logger`: code (and
 /// CPython's own tests) patch that name to observe what the loop logs.
 pub fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {

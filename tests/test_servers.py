@@ -326,35 +326,62 @@ def test_a_failed_protocol_factory_leaves_no_descriptor_open(loop):
     run(loop, main())
 
 
-def test_an_unclosed_accepted_transport_warns_and_closes_its_descriptor(loop):
+@pytest.mark.parametrize("side", ["accepted", "connected"])
+@pytest.mark.parametrize("warnings_are", ["warnings", "errors"])
+def test_an_unclosed_transport_warns_and_closes_its_descriptor(loop, side, warnings_are):
     # A connection still open when its loop closes: collecting its transport warns
-    # "unclosed transport" and closes the descriptor, as asyncio's __del__ does.
+    # "unclosed transport" and closes the descriptor, as asyncio's __del__ does. With
+    # warnings turned into errors, the error goes to sys.unraisablehook, and an exception
+    # being handled around the collection is left as it was.
     import gc
     import warnings
 
-    made, lost = loop.create_future(), loop.create_future()
+    made = loop.create_future()
+
+    class Made(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.set_result(transport)
 
     async def main():
-        server = await loop.create_server(lambda: Keep(made, lost), "127.0.0.1", 0)
-        client = socket.create_connection(server.sockets[0].getsockname(), timeout=5)
-        tr = await asyncio.wait_for(made, 5)
+        factory = Made if side == "accepted" else asyncio.Protocol
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        if side == "accepted":
+            client = socket.create_connection(addr, timeout=5)
+            tr = await asyncio.wait_for(made, 5)
+        else:
+            client = None
+            tr, _ = await loop.create_connection(Made, *addr)
         server.close()
         return client, tr._sock_fd
 
     client, fd = run(loop, main())
+    unraisable = []
     try:
         loop.close()
-        made = lost = None
+        made = None
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            gc.collect()
-        messages = [str(w.message) for w in caught if w.category is ResourceWarning]
-        assert any(m.startswith("unclosed transport") for m in messages), messages
+            warnings.simplefilter("always" if warnings_are == "warnings" else "error")
+            hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+            try:
+                try:
+                    raise KeyError("being handled")
+                except KeyError:
+                    gc.collect()
+                    assert sys.exc_info()[0] is KeyError
+            finally:
+                sys.unraisablehook = hook
+        if warnings_are == "warnings":
+            reported = [str(w.message) for w in caught if w.category is ResourceWarning]
+        else:
+            reported = [str(u.exc_value) for u in unraisable]
+        assert any(m.startswith("unclosed transport") for m in reported), reported
         with pytest.raises(OSError) as e:
             os.fstat(fd)
         assert e.value.errno == errno.EBADF
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def test_an_accepted_connection_makes_its_socket_object_only_when_asked(oxloop, monkeypatch):

@@ -12,7 +12,6 @@ and a connection pays only for the methods it uses.
 from __future__ import annotations
 
 import asyncio
-import warnings
 from asyncio import constants
 
 #: The methods a stream transport takes from its engine.
@@ -105,11 +104,3 @@ class SocketTransport(EngineTransport, methods=STREAM_METHODS):
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._core._repr_info()}>"
-
-    def __del__(self, _warn=warnings.warn):
-        core = self.__dict__.get("_core")
-        if core is None:
-            return
-        if core._is_open():
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core._close_unclosed()

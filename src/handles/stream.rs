@@ -363,7 +363,9 @@ pub(crate) fn start_stream_transport<'py>(
     if tcp {
         set_nodelay(fd);
     }
-    let proxy = py_refs::proxy_class(py)?.call1((&core,))?;
+    // `EngineTransport.__init__` only sets `_core`: done here, without its Python frame.
+    let proxy = py_refs::object_new(py)?.call1((py_refs::proxy_class(py)?,))?;
+    proxy.setattr(intern!(py, "_core"), &core)?;
     core.get()
         .st
         .with(py, |s| s.proxy = Some(proxy.clone().unbind()));
@@ -1461,16 +1463,6 @@ impl StreamTransport {
         self.socket_object(py).map(Some)
     }
 
-    /// Whether the descriptor is still open.
-    fn _is_open(&self, py: Python<'_>) -> bool {
-        self.st.with(py, |s| s.socket.is_open())
-    }
-
-    /// The close an unclosed transport gets when it is collected.
-    fn _close_unclosed(&self, py: Python<'_>) -> PyResult<()> {
-        self.close_socket(py)
-    }
-
     /// A future that completes when the write queue is empty (sendfile waits on it).
     fn _make_empty_waiter<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
@@ -1524,34 +1516,9 @@ impl StreamTransport {
 
     /// The state summary asyncio puts in a transport's repr.
     fn _repr_info(&self, py: Python<'_>) -> String {
-        let (open, closing, reading, writing, size) = self.st.with(py, |s| {
-            (
-                s.socket.is_open(),
-                s.closing,
-                s.reading,
-                s.writing,
-                s.queue.len(),
-            )
-        });
-        let mut info = String::new();
-        if !open {
-            info.push_str("closed ");
-        } else if closing {
-            info.push_str("closing ");
-        }
-        info.push_str(&format!("fd={}", self.fd));
-        if !self.lp.get().is_closed_flag() {
-            info.push_str(if reading {
-                " read=polling"
-            } else {
-                " read=idle"
-            });
-            info.push_str(&format!(
-                " write=<{}, bufsize={size}>",
-                if writing { "polling" } else { "idle" }
-            ));
-        }
-        info
+        let loop_closed = self.lp.get().is_closed_flag();
+        self.st
+            .with(py, |s| Self::repr_info(self.fd, loop_closed, s))
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -1663,14 +1630,78 @@ impl StreamTransport {
     }
 }
 
+impl StreamTransport {
+    /// The state summary asyncio puts in a transport's repr.
+    fn repr_info(fd: RawFd, loop_closed: bool, s: &State) -> String {
+        let mut info = String::new();
+        if !s.socket.is_open() {
+            info.push_str("closed ");
+        } else if s.closing {
+            info.push_str("closing ");
+        }
+        info.push_str(&format!("fd={fd}"));
+        if !loop_closed {
+            info.push_str(if s.reading {
+                " read=polling"
+            } else {
+                " read=idle"
+            });
+            info.push_str(&format!(
+                " write=<{}, bufsize={}>",
+                if s.writing { "polling" } else { "idle" },
+                s.queue.len()
+            ));
+        }
+        info
+    }
+}
+
+/// asyncio's transport `__del__`, here rather than on the Python object so that the
+/// connections that are closed (all but a leaked few) pay for no Python finalizer: a
+/// transport collected while its connection is open warns `unclosed transport` and
+/// closes the descriptor.
 impl Drop for StreamTransport {
     fn drop(&mut self) {
-        if matches!(self.st.get_mut().socket, SocketSlot::Bare) {
-            // SAFETY: the transport still owns the descriptor (no socket object was made
-            // from it and it was not closed): dropping the owner closes it, as a socket
-            // object's finalizer would.
-            unsafe { libc::close(self.fd) };
+        let (fd, loop_closed) = (self.fd, self.lp.get().is_closed_flag());
+        let state = self.st.get_mut();
+        if !state.socket.is_open() {
+            return;
         }
+        let info = Self::repr_info(fd, loop_closed, state);
+        let message = format!("unclosed transport <SocketTransport {info}>");
+        let slot = std::mem::replace(&mut state.socket, SocketSlot::Closed(None));
+        // Deallocation runs with the interpreter attached; whatever exception is being
+        // raised around it is kept and restored.
+        Python::attach(|py| {
+            let pending = PyErr::take(py);
+            let category = py.get_type::<pyo3::exceptions::PyResourceWarning>();
+            let warned = std::ffi::CString::new(message)
+                .map_err(|e| PyValueError::new_err(e.to_string()))
+                .and_then(|m| PyErr::warn(py, &category, &m, 1));
+            if let Err(e) = warned {
+                e.write_unraisable(py, None);
+            }
+            match slot {
+                SocketSlot::Object(sock) => {
+                    // The C-level close: when the collector is breaking a cycle, the
+                    // socket object's Python attributes may already be cleared.
+                    let closed = py_refs::socket_base_class(py)
+                        .and_then(|base| base.call_method1(intern!(py, "close"), (sock,)));
+                    if let Err(e) = closed {
+                        e.write_unraisable(py, None);
+                    }
+                }
+                SocketSlot::Bare => {
+                    // SAFETY: the transport still owned the descriptor (no socket object
+                    // was made from it and it was not closed); the slot now says closed.
+                    unsafe { libc::close(fd) };
+                }
+                SocketSlot::Closed(_) => {}
+            }
+            if let Some(e) = pending {
+                e.restore(py);
+            }
+        });
     }
 }
 
