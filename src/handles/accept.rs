@@ -6,6 +6,7 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+use oxio_core::socket_io;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -37,22 +38,24 @@ impl Acceptor {
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         loop {
             // SAFETY: `storage` is a writable sockaddr_storage and `len` its size, as
-            // accept4 requires; the returned descriptor is owned by the caller.
-            let fd = unsafe {
-                libc::accept4(
+            // accept4 requires.
+            let accepted = unsafe {
+                socket_io::accept4(
                     self.fd,
                     storage.as_mut_ptr().cast(),
                     &mut len,
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 )
             };
-            if fd >= 0 {
-                // SAFETY: accept4 returned a new descriptor that nothing else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                // SAFETY: zero-initialized and then written by the kernel.
-                return Ok(Some((fd, unsafe { storage.assume_init() }, len)));
-            }
-            let e = std::io::Error::last_os_error();
+            let e = match accepted {
+                Ok(fd) => {
+                    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    // SAFETY: zero-initialized and then written by the kernel.
+                    return Ok(Some((fd, unsafe { storage.assume_init() }, len)));
+                }
+                Err(e) => e,
+            };
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EAGAIN) | Some(libc::ECONNABORTED) => return Ok(None),

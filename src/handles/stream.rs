@@ -1176,8 +1176,7 @@ impl StreamTransport {
             SocketSlot::Bare => {
                 // SAFETY: the transport owned the descriptor (no socket object was made
                 // from it) and the slot now says closed, so nothing closes it again.
-                if unsafe { libc::close(self.fd) } != 0 {
-                    let e = std::io::Error::last_os_error();
+                if let Err(e) = unsafe { socket_io::close(self.fd) } {
                     // socket.close() ignores a reset reported at the close too.
                     if e.raw_os_error() != Some(libc::ECONNRESET) {
                         return Err(os_error(e));
@@ -1694,7 +1693,7 @@ impl Drop for StreamTransport {
                 SocketSlot::Bare => {
                     // SAFETY: the transport still owned the descriptor (no socket object
                     // was made from it and it was not closed); the slot now says closed.
-                    unsafe { libc::close(fd) };
+                    let _ = unsafe { socket_io::close(fd) };
                 }
                 SocketSlot::Closed(_) => {}
             }

@@ -40,6 +40,42 @@ unsafe fn bare_socket_call(
     unsafe { libc::syscall(call, fd, ptr, len, flags, 0usize, 0usize) as isize }
 }
 
+/// `accept4(2)` as the bare system call (glibc's wrapper is a cancellation point too,
+/// see [`bare_socket_call`]): the new descriptor, which the caller owns, or the OS error,
+/// `EINTR` included (the caller's accept loop decides what to do with it).
+///
+/// # Safety
+/// `addr` must be valid for writes of `*len` bytes, and `len` for reads and writes.
+pub unsafe fn accept4(
+    fd: RawFd,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: libc::c_int,
+) -> io::Result<RawFd> {
+    // SAFETY: the caller vouches for `addr` and `len`, which is all accept4 writes.
+    let n = unsafe { libc::syscall(libc::SYS_accept4, fd, addr, len, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as RawFd)
+    }
+}
+
+/// `close(2)` as the bare system call (glibc's `close` is a cancellation point too, see
+/// [`bare_socket_call`]). Linux releases the descriptor whatever the call reports, so no
+/// error is retried.
+///
+/// # Safety
+/// The caller owns `fd` and nothing closes it again.
+pub unsafe fn close(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller owns the descriptor it gives up here.
+    if unsafe { libc::syscall(libc::SYS_close, fd) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Reads into `buf` with `recv(2)`. `Ok(0)` is end of file.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the whole call.
@@ -318,6 +354,48 @@ mod tests {
         let got = unsafe { recv_raw_msg(a.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
         assert_eq!(got.unwrap(), (6, false));
         assert_eq!(&buf[..6], b"second");
+    }
+
+    #[test]
+    fn accept4_gives_a_connected_descriptor_and_would_block_when_none_waits() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accept = || {
+            let mut storage = std::mem::MaybeUninit::<libc::sockaddr_storage>::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `storage` is writable for `len` bytes and `len` is a valid pointer.
+            unsafe {
+                accept4(
+                    listener.as_raw_fd(),
+                    storage.as_mut_ptr().cast(),
+                    &mut len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            }
+        };
+        let e = accept().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"hi").unwrap();
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(accept().unwrap()) };
+        let mut buf = [0u8; 4];
+        assert_eq!(recv(fd.as_raw_fd(), &mut buf).unwrap(), 2);
+    }
+
+    #[test]
+    fn close_releases_the_descriptor_and_reports_a_bad_one() {
+        use std::os::fd::IntoRawFd;
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = a.into_raw_fd();
+        // SAFETY: `fd` was just taken from its owner, so only this call closes it.
+        unsafe { close(fd) }.unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), 0); // the peer sees the close
+                                                               // SAFETY: -1 is no descriptor: the call can close nothing.
+        let e = unsafe { close(-1) }.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 
     #[test]
