@@ -574,22 +574,30 @@ enum CycleStep {
 }
 
 impl Cycle {
+    /// Once the connect has completed, shuts down the write side (the server then sees
+    /// end of file) and awaits the server's: `Ok(true)` then, `Ok(false)` while the
+    /// connect is still in progress.
+    fn finish_connect(&mut self) -> io::Result<bool> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(false);
+        };
+        if !stream.connect_state()? {
+            return Ok(false);
+        }
+        stream.shutdown(Shutdown::Write)?;
+        self.phase = Phase::AwaitingEof;
+        Ok(true)
+    }
+
     /// Moves the cycle on. `readable`: the poll reported the socket readable (or closed
     /// or in error) since the cycle last read it.
     fn advance(&mut self, scratch: &mut [u8], readable: bool) -> CycleStep {
-        let Some(stream) = self.stream.as_mut() else {
-            return CycleStep::Waiting;
-        };
         if let Phase::Connecting = self.phase {
-            match stream.connect_state() {
+            match self.finish_connect() {
                 Ok(false) => return CycleStep::Waiting,
                 Ok(true) => {}
                 Err(e) => return CycleStep::Failed(e),
             }
-            if let Err(e) = stream.shutdown(Shutdown::Write) {
-                return CycleStep::Failed(e);
-            }
-            self.phase = Phase::AwaitingEof;
             if !readable {
                 // The server closes only after it sees this shutdown, so its end-of-file
                 // is news to the poll, which will report it: reading now would only
@@ -597,6 +605,9 @@ impl Cycle {
                 return CycleStep::Waiting;
             }
         }
+        let Some(stream) = self.stream.as_mut() else {
+            return CycleStep::Waiting;
+        };
         loop {
             match stream.read(scratch) {
                 Ok(0) => return CycleStep::Completed,
@@ -651,30 +662,28 @@ fn run_connrate(cfg: &Config) -> Result<Meter, String> {
             }
             attempts += 1;
             match cfg.target.connect_spread(attempts) {
-                Ok(mut stream) => {
+                Ok(stream) => {
+                    cycle.stream = Some(stream);
+                    cycle.phase = Phase::Connecting;
+                    cycle.started = now;
                     // On loopback the handshake has usually completed by now: shut down
                     // at once and watch for reading only, so that the acknowledgements
                     // of what follows raise no write-space events to wake this client
                     // for nothing. Otherwise (or on any error) watch for the connect too
-                    // and let `advance` take it from there.
-                    let shut = matches!(stream.connect_state(), Ok(true))
-                        && stream.shutdown(Shutdown::Write).is_ok();
+                    // and let `advance` take it from there. Either way the registration
+                    // reports whatever the socket already has.
+                    let shut = matches!(cycle.finish_connect(), Ok(true));
                     let interest = if shut {
                         Interest::READABLE
                     } else {
                         Interest::READABLE | Interest::WRITABLE
                     };
-                    registry
-                        .register(&mut stream, Token(i), interest)
-                        .map_err(|e| format!("register: {e}"))?;
-                    cycle.stream = Some(stream);
-                    cycle.started = now;
-                    if shut {
-                        // The server's end-of-file can only follow the shutdown, and
-                        // the registration reports whatever the socket has by then.
-                        cycle.phase = Phase::AwaitingEof;
-                    } else {
-                        cycle.phase = Phase::Connecting;
+                    if let Some(stream) = cycle.stream.as_mut() {
+                        registry
+                            .register(stream, Token(i), interest)
+                            .map_err(|e| format!("register: {e}"))?;
+                    }
+                    if !shut {
                         ready.push((i, false));
                     }
                 }
