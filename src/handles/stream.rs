@@ -258,6 +258,33 @@ impl SocketSlot {
             _ => None,
         }
     }
+
+    /// Closes the descriptor this slot held (the transport has just marked itself
+    /// closed): through the socket object if one was made, else directly. A `collected`
+    /// transport closes its socket object at the C level, since the collector may
+    /// already have cleared the object's Python attributes. A reset reported at the
+    /// close is no error, as for `socket.close()`.
+    fn close_held(self, py: Python<'_>, fd: RawFd, collected: bool) -> PyResult<()> {
+        match self {
+            SocketSlot::Object(sock) if collected => {
+                py_refs::socket_base_class(py)?.call_method1(intern!(py, "close"), (sock,))?;
+            }
+            SocketSlot::Object(sock) => {
+                sock.bind(py).call_method0(intern!(py, "close"))?;
+            }
+            SocketSlot::Bare => {
+                // SAFETY: the transport owned the descriptor (no socket object was made
+                // from it) and now says closed, so nothing closes it again.
+                if let Err(e) = unsafe { socket_io::close(fd) } {
+                    if e.raw_os_error() != Some(libc::ECONNRESET) {
+                        return Err(os_error(e));
+                    }
+                }
+            }
+            SocketSlot::Closed(_) => {}
+        }
+        Ok(())
+    }
 }
 
 /// Disables Nagle's algorithm on TCP sockets, as asyncio does for every transport.
@@ -1169,23 +1196,7 @@ impl StreamTransport {
         });
         self.lp.get().forget_transport(py, self.fd);
         self.lp.get().forget_fd(py, self.fd);
-        match slot {
-            SocketSlot::Object(sock) => {
-                sock.bind(py).call_method0(intern!(py, "close"))?;
-            }
-            SocketSlot::Bare => {
-                // SAFETY: the transport owned the descriptor (no socket object was made
-                // from it) and the slot now says closed, so nothing closes it again.
-                if let Err(e) = unsafe { socket_io::close(self.fd) } {
-                    // socket.close() ignores a reset reported at the close too.
-                    if e.raw_os_error() != Some(libc::ECONNRESET) {
-                        return Err(os_error(e));
-                    }
-                }
-            }
-            SocketSlot::Closed(_) => {}
-        }
-        Ok(())
+        slot.close_held(py, self.fd, false)
     }
 
     /// The connection's `socket.socket`, made from the descriptor on the first request
@@ -1550,6 +1561,30 @@ impl StreamTransport {
 }
 
 impl StreamTransport {
+    /// The state summary asyncio puts in a transport's repr.
+    fn repr_info(fd: RawFd, loop_closed: bool, s: &State) -> String {
+        let mut info = String::new();
+        if !s.socket.is_open() {
+            info.push_str("closed ");
+        } else if s.closing {
+            info.push_str("closing ");
+        }
+        info.push_str(&format!("fd={fd}"));
+        if !loop_closed {
+            info.push_str(if s.reading {
+                " read=polling"
+            } else {
+                " read=idle"
+            });
+            info.push_str(&format!(
+                " write=<{}, bufsize={}>",
+                if s.writing { "polling" } else { "idle" },
+                s.queue.len()
+            ));
+        }
+        info
+    }
+
     fn extra(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let (given, snapshot, open) = self.st.with(py, |s| {
             (
@@ -1629,32 +1664,6 @@ impl StreamTransport {
     }
 }
 
-impl StreamTransport {
-    /// The state summary asyncio puts in a transport's repr.
-    fn repr_info(fd: RawFd, loop_closed: bool, s: &State) -> String {
-        let mut info = String::new();
-        if !s.socket.is_open() {
-            info.push_str("closed ");
-        } else if s.closing {
-            info.push_str("closing ");
-        }
-        info.push_str(&format!("fd={fd}"));
-        if !loop_closed {
-            info.push_str(if s.reading {
-                " read=polling"
-            } else {
-                " read=idle"
-            });
-            info.push_str(&format!(
-                " write=<{}, bufsize={}>",
-                if s.writing { "polling" } else { "idle" },
-                s.queue.len()
-            ));
-        }
-        info
-    }
-}
-
 /// asyncio's transport `__del__`, here rather than on the Python object so that the
 /// connections that are closed (all but a leaked few) pay for no Python finalizer: a
 /// transport collected while its connection is open warns `unclosed transport` and
@@ -1674,28 +1683,13 @@ impl Drop for StreamTransport {
         Python::attach(|py| {
             let pending = PyErr::take(py);
             let category = py.get_type::<pyo3::exceptions::PyResourceWarning>();
-            let warned = std::ffi::CString::new(message)
-                .map_err(|e| PyValueError::new_err(e.to_string()))
-                .and_then(|m| PyErr::warn(py, &category, &m, 1));
-            if let Err(e) = warned {
-                e.write_unraisable(py, None);
-            }
-            match slot {
-                SocketSlot::Object(sock) => {
-                    // The C-level close: when the collector is breaking a cycle, the
-                    // socket object's Python attributes may already be cleared.
-                    let closed = py_refs::socket_base_class(py)
-                        .and_then(|base| base.call_method1(intern!(py, "close"), (sock,)));
-                    if let Err(e) = closed {
-                        e.write_unraisable(py, None);
-                    }
+            // The message is ASCII text and a number: it has no NUL.
+            let message = std::ffi::CString::new(message).unwrap_or_default();
+            let warned = PyErr::warn(py, &category, &message, 1);
+            for failed in [warned, slot.close_held(py, fd, true)] {
+                if let Err(e) = failed {
+                    e.write_unraisable(py, None);
                 }
-                SocketSlot::Bare => {
-                    // SAFETY: the transport still owned the descriptor (no socket object
-                    // was made from it and it was not closed); the slot now says closed.
-                    let _ = unsafe { socket_io::close(fd) };
-                }
-                SocketSlot::Closed(_) => {}
             }
             if let Some(e) = pending {
                 e.restore(py);
