@@ -10,11 +10,16 @@ and after, divided by every round trip the load generator made, warm-up included
 `connrate` row per loop measures connection cycles per second against the `protocol` server
 (connect, half-close, wait for the server to close; see benchmarks/loadgen/src/main.rs).
 
-Servers run in shuffled order in each of `--rounds` rounds; each row reports its best round
-(highest rps). Ratios are against the best of uvloop and rloop for the same row, and against
-the ceiling for the same size. A second table gives, per loop and size, `header_body`'s best
-rps over `one_write`'s: the same server work with the reply sent in two writes or in one,
-so the ratio is what a second write costs that loop.
+The servers whose rows are compared (every loop's server of one kind, the ceiling beside
+`protocol`, `header_body` beside `one_write`) run at once, each idle while another is
+driven, and stay up for all rounds. For each size in turn (connrate last), every one of
+`--rounds` rounds drives each of them once, in a shuffled order, so the figures a ratio
+compares are measured seconds apart: this machine's speed drifts by several per cent over
+minutes. Each row reports its best round (highest rps). Ratios are against the best of
+uvloop and rloop for the same row, and against the ceiling for the same size. A second
+table gives, per loop and size, `header_body`'s best rps over `one_write`'s: the same
+server work with the reply sent in two writes or in one, so the ratio is what a second
+write costs that loop.
 
 TLS rows (`--tls`): the `--tls-kinds` servers (default protocol and streams) serve TLS 1.3
 over TCP (`ssl=` an SSLContext, the same for every loop: see tls_certs.py) at the
@@ -177,12 +182,36 @@ class Row:
 
 @dataclass
 class Unit:
-    """One server process per round: a loop (or the ceiling) serving one kind."""
+    """One server process: a loop (or the ceiling) serving one kind over one transport, for
+    all of its rows, every round."""
 
     loop: str
     kind: str
     transport: str
     jobs: list[Row]
+    server: Server | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.loop} {self.kind}/{self.transport}"
+
+
+@dataclass
+class Group:
+    """Servers whose rows are compared with each other, all running at once: every loop's
+    server of a kind (of `header_body` and `one_write` together), plus the ceiling beside
+    `protocol`. Each step (a size, then connrate) runs all its rounds before the next, and
+    every round drives each server once, in a shuffled order. The figures a ratio compares
+    are so measured seconds apart, not minutes: this machine's speed drifts by several per
+    cent over minutes, which made whole-run rounds rank tied loops by when they ran."""
+
+    transport: str
+    units: list[Unit] = field(default_factory=list)
+
+    def steps(self) -> list[int]:
+        """The sizes in plan order, connrate (size 0) last."""
+        sizes = dict.fromkeys(row.size for unit in self.units for row in unit.jobs)
+        return sorted(sizes, key=lambda size: size == 0)
 
 
 def size_label(size: int) -> str:
@@ -276,65 +305,104 @@ def server_argv(args: argparse.Namespace, ceiling: Path, unit: Unit, sock: Path)
     return argv
 
 
-def run_unit(
-    args: argparse.Namespace, loadgen: Path, ceiling: Path, unit: Unit, tmp: Path, round_no: int
+def start_unit(
+    args: argparse.Namespace, loadgen: Path, ceiling: Path, unit: Unit, tmp: Path
 ) -> None:
-    sock = tmp / f"{unit.loop}-{unit.kind}.sock"
-    label = f"{unit.loop} {unit.kind}/{unit.transport}"
+    """Starts the unit's server (primed, for TLS); a failure is noted on each of its rows."""
+    name = f"{unit.loop}-{unit.kind}-{unit.transport}"
     try:
-        server = Server(server_argv(args, ceiling, unit, sock), tmp / "server.err", cwd=ROOT)
+        argv = server_argv(args, ceiling, unit, tmp / f"{name}.sock")
+        unit.server = Server(argv, tmp / f"{name}.err", cwd=ROOT)
     except (ServerFailed, OSError) as e:
         note = f"server failed to start: {e}"
         if TLS_UNSUPPORTED in note:
-            log(f"  round {round_no}: {label}: unsupported: {TLS_UNSUPPORTED} by {unit.loop}")
+            log(f"  {unit.label}: unsupported: {TLS_UNSUPPORTED} by {unit.loop}")
             note = str(e).split("net_servers: ", 1)[-1]
         else:
-            log(f"  round {round_no}: {label}: {note}")
+            log(f"  {unit.label}: {note}")
         for row in unit.jobs:
             row.failures.append(note)
         return
+    if unit.transport == "tls":
+        prime_tls(args, loadgen, unit.server.where)
+
+
+def measure(args: argparse.Namespace, loadgen: Path, unit: Unit, row: Row, round_no: int) -> None:
+    """One round of one row on the unit's running server."""
+    server = unit.server
+    if server is None:
+        return  # it did not start: noted on the row already
+    what = "connrate" if row.kind == CONNRATE else size_label(row.size)
+    if not server.alive():
+        row.failures.append(f"server exited: {server.error()}")
+        return
+    before = server.cpu_ticks()
     try:
-        if unit.transport == "tls":
-            prime_tls(args, loadgen, server.where)
-        for row in unit.jobs:
-            what = "connrate" if row.kind == CONNRATE else size_label(row.size)
-            if not server.alive():
-                row.failures.append(f"server exited: {server.error()}")
-                continue
-            before = server.cpu_ticks()
-            try:
-                result = run_loadgen(args, loadgen, server.where, unit.transport, row)
-            except RuntimeError as e:
-                note = str(e) if server.alive() else f"server exited: {server.error()}"
-                row.failures.append(note)
-                log(f"  round {round_no}: {label} {what}: FAILED: {note}")
-                continue
-            ticks = server.cpu_ticks() - before
-            total = max(int(result.get("total_requests", result["requests"])), 1)
-            result["server_cpu_us"] = ticks / CLK_TCK * 1e6 / total
-            result["round"] = round_no
-            row.rounds.append(result)
-            log(
-                f"  round {round_no}: {label} {what}: {result['rps']:,.0f} rps, "
-                f"p99 {result['p99_us']:,.0f} us"
-            )
+        result = run_loadgen(args, loadgen, server.where, unit.transport, row)
+    except RuntimeError as e:
+        note = str(e) if server.alive() else f"server exited: {server.error()}"
+        row.failures.append(note)
+        log(f"  round {round_no}: {unit.label} {what}: FAILED: {note}")
+        return
+    ticks = server.cpu_ticks() - before
+    total = max(int(result.get("total_requests", result["requests"])), 1)
+    result["server_cpu_us"] = ticks / CLK_TCK * 1e6 / total
+    result["round"] = round_no
+    row.rounds.append(result)
+    log(
+        f"  round {round_no}: {unit.label} {what}: {result['rps']:,.0f} rps, "
+        f"p99 {result['p99_us']:,.0f} us"
+    )
+
+
+def run_group(
+    args: argparse.Namespace,
+    loadgen: Path,
+    ceiling: Path,
+    group: Group,
+    tmp: Path,
+    rng: random.Random,
+) -> None:
+    """Every round of every step of the group, its servers started once for all of them."""
+    log(f"{', '.join(u.label for u in group.units)}")
+    try:
+        for unit in group.units:
+            start_unit(args, loadgen, ceiling, unit, tmp)
+        for step in group.steps():
+            for round_no in range(1, args.rounds + 1):
+                order = [(u, row) for u in group.units for row in u.jobs if row.size == step]
+                rng.shuffle(order)
+                for unit, row in order:
+                    measure(args, loadgen, unit, row, round_no)
     finally:
-        server.stop()
+        for unit in group.units:
+            if unit.server is not None:
+                unit.server.stop()
+                unit.server = None
 
 
 # ---------------------------------------------------------------------------------------
 # the plan and the report
 
 
-def plan(args: argparse.Namespace, loops: list[str]) -> tuple[list[Unit], list[Row]]:
-    units: list[Unit] = []
+#: Kinds measured in the group of another kind, whose rows they are compared with.
+SAME_GROUP_AS = {"one_write": "header_body", "native": "protocol"}
+
+
+def plan(args: argparse.Namespace, loops: list[str]) -> tuple[list[Group], list[Row]]:
+    groups: dict[tuple[str, str], Group] = {}
     rows: list[Row] = []
 
     def add(loop: str, kind: str, transport: str, sizes: list[int], connrate: bool) -> None:
         jobs = [Row(kind, transport, size, loop) for size in sizes]
         if connrate:
             jobs.append(Row(CONNRATE, transport, 0, loop))
-        units.append(Unit(loop, kind, transport, jobs))
+        family = SAME_GROUP_AS.get(kind, kind)
+        if kind == "native" and (family, transport) not in groups:
+            # No protocol servers in this run: the ceiling joins the transport's first group.
+            family = next((f for f, t in groups if t == transport), family)
+        group = groups.setdefault((family, transport), Group(transport))
+        group.units.append(Unit(loop, kind, transport, jobs))
         rows.extend(jobs)
 
     transports = [] if args.tls_only else ["tcp", "unix"] if args.unix else ["tcp"]
@@ -350,7 +418,7 @@ def plan(args: argparse.Namespace, loops: list[str]) -> tuple[list[Unit], list[R
         for loop in loops:
             for kind in args.tls_kinds:
                 add(loop, kind, "tls", args.tls_sizes, False)
-    return units, rows
+    return list(groups.values()), rows
 
 
 def ratio(value: float, reference: float | None) -> str:
@@ -533,16 +601,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             notes.append(f"{name}: not installed, skipped")
             log(f"note: {name} is not installed, skipping it")
-    units, rows = plan(args, loops)
+    groups, rows = plan(args, loops)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="oxio-net-") as tmp:
         args.cert = certificate_if(args.tls, Path(tmp), "net.py", log)
-        for round_no in range(1, args.rounds + 1):
-            order = list(units)
-            rng.shuffle(order)
-            log(f"round {round_no}/{args.rounds}: {len(order)} servers")
-            for unit in order:
-                run_unit(args, loadgen, ceiling, unit, Path(tmp), round_no)
+        for group in groups:
+            run_group(args, loadgen, ceiling, group, Path(tmp), rng)
 
     report = table(rows, loops)
     print(report)
@@ -579,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         pinned = f"server on CPU {args.server_cpu}, load generator on CPU {args.client_cpu}"
     print(
         f"\n{args.rounds} round(s) x {args.duration:g} s (+{args.warmup:g} s warm-up), "
-        f"{args.conns} connections, {pinned}; best round per row; {elapsed:.0f} s in all."
+        f"{args.conns} connections, {pinned}; rounds interleaved per size across the servers "
+        f"compared; best round per row; {elapsed:.0f} s in all."
     )
 
     if args.json:
