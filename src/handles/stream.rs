@@ -430,10 +430,12 @@ impl StreamTransport {
     /// Releases written chunks outside the state borrow (a release may run Python
     /// code), keeping the vector's capacity: steady state allocates nothing.
     fn drop_released(&self, py: Python<'_>) {
-        let mut released = self.st.with(py, |s| std::mem::take(&mut s.released));
-        if released.capacity() == 0 {
-            return;
-        }
+        let released = self.st.with(py, |s| {
+            (!s.released.is_empty()).then(|| std::mem::take(&mut s.released))
+        });
+        let Some(mut released) = released else {
+            return; // the common case after a write: nothing was finished
+        };
         // Written `bytes` that nothing else holds go to the pool that small reads use.
         self.lp.get().with_bytes_pool(py, |pool| {
             let mut i = 0;
@@ -448,7 +450,13 @@ impl StreamTransport {
                 }
             }
         });
-        released.clear();
+        for chunk in released.drain(..) {
+            if let Chunk::Bytes(b) = chunk {
+                // Dropped as a Bound, which holds the GIL by construction: dropping a
+                // Py first asks a thread-local whether it does.
+                drop(b.into_bound(py));
+            }
+        }
         self.st.with(py, |s| {
             if s.released.capacity() == 0 {
                 s.released = released;
