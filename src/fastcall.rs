@@ -182,7 +182,6 @@ entry_point!(call_at, "call_at", ["when", "callback"], |slf, a| {
 
 /// Adds the entry points to the `Loop` type as ordinary method descriptors.
 pub fn install(loop_type: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = loop_type.py();
     let methods: [(&'static std::ffi::CStr, ffi::PyCFunctionFastWithKeywords, &'static std::ffi::CStr); 4] = [
         (
             c"call_soon",
@@ -206,26 +205,34 @@ pub fn install(loop_type: &Bound<'_, PyType>) -> PyResult<()> {
         ),
     ];
     for (name, meth, doc) in methods {
-        // A method descriptor keeps a pointer to its PyMethodDef for as long as it
-        // lives, which is as long as the type: the definitions are leaked on purpose,
-        // once per process.
-        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: meth,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr(),
-        }));
-        // SAFETY: the type pointer is a live type object and `def` outlives it; the
-        // result is a new reference or NULL with an exception set.
-        let descr = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyDescr_NewMethod(loop_type.as_ptr().cast(), def),
-            )?
-        };
-        loop_type.setattr(name.to_str().expect("ASCII method name"), descr)?;
+        add_method(loop_type, name, meth, doc)?;
     }
     Ok(())
+}
+
+/// Sets `ty.<name>` to a method descriptor of `ty` calling `meth` (METH_FASTCALL |
+/// METH_KEYWORDS): what CPython's own types have, so calls through it are specialized.
+pub fn add_method(
+    ty: &Bound<'_, PyType>,
+    name: &'static std::ffi::CStr,
+    meth: ffi::PyCFunctionFastWithKeywords,
+    doc: &'static std::ffi::CStr,
+) -> PyResult<()> {
+    // A method descriptor keeps a pointer to its PyMethodDef for as long as it lives,
+    // which is as long as the type: the definitions are leaked on purpose, once per
+    // method of a type made once per process.
+    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: meth,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr(),
+    }));
+    // SAFETY: the type pointer is a live type object and `def` outlives it; the result
+    // is a new reference or NULL with an exception set.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(ty.py(), ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def))?
+    };
+    ty.setattr(name.to_str().expect("ASCII method name"), descr)
 }

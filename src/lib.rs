@@ -21,6 +21,7 @@ mod py_refs;
 mod resolve;
 mod sock_ops;
 mod sockaddr;
+mod transport_proxy;
 
 use pyo3::prelude::*;
 
@@ -34,6 +35,7 @@ fn _oxio(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handles::accept::register(m)?;
     handles::tls::register(m)?;
     sock_ops::register(m)?;
+    transport_proxy::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     handle_alloc::install_all(&[

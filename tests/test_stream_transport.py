@@ -14,6 +14,8 @@ import struct
 import tempfile
 import termios
 import tracemalloc
+import types
+import weakref
 
 import pytest
 from conftest import run, run_until
@@ -431,6 +433,54 @@ def test_write_rejects_what_asyncio_rejects(loop):
         peer.close()
 
     run(loop, main())
+
+
+def test_write_takes_data_by_keyword_and_rejects_wrong_calls(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        tr.write(data=b"by keyword")
+        with pytest.raises(TypeError):
+            tr.write()
+        with pytest.raises(TypeError):
+            tr.write(b"a", b"b")
+        with pytest.raises(TypeError):
+            tr.write(b"a", nonsense=1)
+        assert await recv_exactly(loop, peer, 10) == b"by keyword"
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_a_transport_can_be_weakly_referenced(loop):
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Collect)
+        assert weakref.ref(tr)() is tr
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
+def test_write_is_a_method_of_the_transport_type(oxloop):
+    """CPython specializes `transport.write(data)` only for a method found on the type:
+    oxio's stream transport must not leave it to the instance's __dict__."""
+
+    async def main():
+        tr, pr, peer = await connected_pair(oxloop, Collect)
+        tr.write(b"x")
+        assert isinstance(type(tr).__dict__["write"], types.MethodDescriptorType)
+        assert "write" not in tr.__dict__
+        assert await recv_exactly(oxloop, peer, 1) == b"x"
+        with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+            type(tr).write(object(), b"x")
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(oxloop, main())
 
 
 def test_write_buffer_limits(loop):

@@ -201,6 +201,10 @@ class StreamTransport:
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
     def get_protocol(self) -> asyncio.BaseProtocol: ...
 
+def _install_stream_proxy(cls: type) -> None:
+    """Makes ``cls.write`` (``cls`` has a ``_core`` slot holding a StreamTransport) a
+    method of the type that calls the engine's write directly."""
+
 def make_stream_transport(
     lp: Loop,
     sock: socket.socket,

@@ -54,7 +54,7 @@ class SSLTransport(EngineTransport, methods=_TLS_METHODS):
         return f"<{type(self).__name__} state={self._core._state}>"
 
     def __del__(self, _warn=warnings.warn):
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and not core.is_closing():
             core._mark_closed()
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)

@@ -5,14 +5,18 @@ engine object behind them.
 A Rust class cannot subclass ``asyncio.Transport`` (its ``__slots__`` give it an instance
 layout of its own), so each transport is a small Python object in front of a Rust one.
 The first use of a method stores the engine's bound method on the instance, so from then
-on calling ``transport.write`` costs exactly what calling the Rust method directly would,
-and a connection pays only for the methods it uses.
+on calling it costs what calling the Rust method directly would, and a connection pays
+only for the methods it uses. A stream transport's ``write``, called per message, is a
+method of the type instead (see ``_oxio._install_stream_proxy``): CPython specializes
+that call, where it cannot specialize one found in the instance's ``__dict__``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from asyncio import constants
+
+from . import _oxio
 
 #: The methods a stream transport takes from its engine.
 STREAM_METHODS = (
@@ -55,6 +59,10 @@ class _Forward:
 class EngineTransport(asyncio.Transport):
     """An ``asyncio.Transport`` in front of a Rust engine object, ``_core``, whose
     methods named in ``methods`` it takes (see ``__init_subclass__``)."""
+
+    # `_core` a slot at a fixed offset, for methods of the type that read it from Rust;
+    # a `__dict__` for the cached methods, and weak references as asyncio's allow.
+    __slots__ = ("_core", "__dict__", "__weakref__")
 
     _start_tls_compatible = True
 
@@ -104,3 +112,6 @@ class SocketTransport(EngineTransport, methods=STREAM_METHODS):
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._core._repr_info()}>"
+
+
+_oxio._install_stream_proxy(SocketTransport)

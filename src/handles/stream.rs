@@ -1282,7 +1282,7 @@ impl StreamTransport {
     }
 
     /// Write `data` (bytes, bytearray or memoryview) to the transport.
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(b) = data.cast::<PyBytes>() {
             return Self::write_copy(slf, b.clone().unbind());
         }
