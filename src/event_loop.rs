@@ -27,7 +27,7 @@ use crate::errors;
 use crate::executor;
 use crate::fd_watch::{fileobj_to_fd, FdMap, FdWatches, Side};
 use crate::gil_cell::GilCell;
-use crate::handle::{release, untrack, CallArgs, Handle, TimerHandle};
+use crate::handle::{release, untrack, CallArgs, Handle, NativeCall, TimerHandle};
 use crate::handles::stream::StreamTransport;
 use crate::py_refs;
 
@@ -1243,13 +1243,15 @@ impl Loop {
         drop(old);
     }
 
-    /// Installs `callback` (called with no arguments) as the `side` watcher of `fd`,
-    /// edge-triggered unless `level`. Nothing is checked: the caller is a transport.
+    /// Installs `callback` (called with no arguments, or through `native`) as the `side`
+    /// watcher of `fd`, edge-triggered unless `level`. Nothing is checked: the caller is
+    /// a transport.
     pub(crate) fn watch_internal(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         side: Side,
         callback: &Bound<'_, PyAny>,
+        native: Option<NativeCall>,
         level: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
@@ -1258,17 +1260,18 @@ impl Loop {
         // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
         // exception set; from_owned_ptr_or_err takes ownership of it.
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
-        let handle = Bound::new(
-            py,
-            Handle::new(
-                slf.clone().unbind(),
-                callback.clone().unbind(),
-                CallArgs::Tuple(PyTuple::empty(py)),
-                context.unbind(),
-                true,
-                None,
-            )?,
+        let mut handle = Handle::new(
+            slf.clone().unbind(),
+            callback.clone().unbind(),
+            CallArgs::Tuple(PyTuple::empty(py)),
+            context.unbind(),
+            true,
+            None,
         )?;
+        if let Some(f) = native {
+            handle = handle.with_native(f);
+        }
+        let handle = Bound::new(py, handle)?;
         this.install_watch(fd, side, &handle, level)?;
         Ok(handle.unbind())
     }

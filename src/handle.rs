@@ -10,6 +10,7 @@
 //! creation traceback shares the argument slot (see [`Handle::args`]), and what only
 //! timers need lives in [`TimerHandle`].
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use pyo3::basic::CompareOp;
@@ -51,6 +52,11 @@ impl<'py> CallArgs<'py> {
     }
 }
 
+/// What the loop's own watchers run instead of calling their callback through Python:
+/// a Rust function given the callback (a bound method of the watching object), which
+/// skips the vectorcall, the method wrapper and PyO3's trampoline on every event.
+pub(crate) type NativeCall = for<'py> fn(&Bound<'py, PyAny>) -> PyResult<()>;
+
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or `add_reader`.
 #[pyclass(frozen, subclass, module = "oxio._oxio", name = "Handle")]
 pub struct Handle {
@@ -64,6 +70,9 @@ pub struct Handle {
     /// The loop the handle was scheduled on, which `_run()` reports errors to.
     owner: Py<Loop>,
     flags: AtomicU8,
+    /// Set for the loop's own watchers (see [`NativeCall`]); the callback stays what
+    /// repr and the exception handler show.
+    native: Option<NativeCall>,
 }
 
 impl Handle {
@@ -99,7 +108,15 @@ impl Handle {
             context,
             owner,
             flags: AtomicU8::new(flags),
+            native: None,
         })
+    }
+
+    /// This handle runs `f(callback)` in its context instead of calling `callback()`:
+    /// `f` must do exactly what calling the callback with no arguments would.
+    pub(crate) fn with_native(mut self, f: NativeCall) -> Self {
+        self.native = Some(f);
+        self
     }
 
     #[inline]
@@ -193,23 +210,36 @@ impl Handle {
             if ffi::PyContext_Enter(ctx) != 0 {
                 return Err(PyErr::fetch(py));
             }
-            let (argv, nargs) = match &args {
-                None => (one.as_mut_ptr(), 1),
-                Some(t) => {
-                    let n = ffi::PyTuple_GET_SIZE(t.as_ptr()) as usize;
-                    let items = (*(t.as_ptr() as *mut ffi::PyTupleObject))
-                        .ob_item
-                        .as_mut_ptr();
-                    (if n == 0 { std::ptr::null_mut() } else { items }, n)
+            let err = if let Some(native) = self.native {
+                // A panic unwinds past this frame: leave the context first, or it would
+                // stay entered and every later run of this handle would fail to enter it.
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| native(callback.bind(py))));
+                match run {
+                    Ok(r) => r.err(),
+                    Err(panic) => {
+                        ffi::PyContext_Exit(ctx);
+                        std::panic::resume_unwind(panic);
+                    }
                 }
-            };
-            let result =
-                ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs, std::ptr::null_mut());
-            let err = if result.is_null() {
-                Some(PyErr::fetch(py))
             } else {
-                ffi::Py_DECREF(result);
-                None
+                let (argv, nargs) = match &args {
+                    None => (one.as_mut_ptr(), 1),
+                    Some(t) => {
+                        let n = ffi::PyTuple_GET_SIZE(t.as_ptr()) as usize;
+                        let items = (*(t.as_ptr() as *mut ffi::PyTupleObject))
+                            .ob_item
+                            .as_mut_ptr();
+                        (if n == 0 { std::ptr::null_mut() } else { items }, n)
+                    }
+                };
+                let result =
+                    ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs, std::ptr::null_mut());
+                if result.is_null() {
+                    Some(PyErr::fetch(py))
+                } else {
+                    ffi::Py_DECREF(result);
+                    None
+                }
             };
             if ffi::PyContext_Exit(ctx) != 0 {
                 let exit_err = PyErr::fetch(py);

@@ -156,7 +156,7 @@ impl SockWaiter {
         )?;
         // Edge-triggered: the operation was just tried and would block, so the next
         // edge is the one to wait for; and its registration is parked afterwards.
-        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), false)?;
+        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), None, false)?;
         waiter.get().handle.with(py, |h| *h = Some(handle));
         fut.call_method1(
             intern!(py, "add_done_callback"),

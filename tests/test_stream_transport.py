@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextvars
 import fcntl
 import gc
 import logging
@@ -481,6 +482,36 @@ def test_write_is_a_method_of_the_transport_type(oxloop):
         await pr.lost
 
     run(oxloop, main())
+
+
+def test_protocol_callbacks_see_the_context_asyncio_gives_them(loop):
+    """data_received runs in one copy of the context the transport was made in, kept from
+    read to read; connection_made runs in a copy of its own."""
+    var = contextvars.ContextVar("var", default="unset")
+
+    class Records(Collect):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            var.set("made")
+
+        def data_received(self, data):
+            self.events.append(var.get())
+            var.set("seen")
+            super().data_received(data)
+
+    async def main():
+        var.set("outer")
+        tr, pr, peer = await tcp_pair(loop, Records)
+        for sent in (1, 2):
+            await loop.sock_sendall(peer, b"x")
+            await asyncio.wait_for(until(lambda n=sent: len(pr.data) == n), 5)
+        assert pr.events == ["made", "outer", "seen"]
+        assert var.get() == "outer"
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
 
 
 def test_write_buffer_limits(loop):

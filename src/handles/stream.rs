@@ -22,6 +22,7 @@ use crate::errors;
 use crate::event_loop::{os_error, Loop};
 use crate::fd_watch::Side;
 use crate::gil_cell::GilCell;
+use crate::handle::NativeCall;
 use crate::handles::tls::TlsProtocol;
 use crate::py_buffer::with_buffer;
 use crate::py_refs;
@@ -480,6 +481,17 @@ impl StreamTransport {
         }
     }
 
+    /// The transport a watcher's callback is a bound method of.
+    fn owner_of<'py>(callback: &Bound<'py, PyAny>) -> Bound<'py, Self> {
+        // SAFETY: the only callbacks given a NativeCall are this type's own bound
+        // methods (`_read_ready`, `_write_ready`), built-in methods whose `__self__` is
+        // the transport, alive while the method is.
+        unsafe {
+            let owner = pyo3::ffi::PyCFunction_GetSelf(callback.as_ptr());
+            Bound::from_borrowed_ptr(callback.py(), owner).cast_into_unchecked::<Self>()
+        }
+    }
+
     fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -492,7 +504,9 @@ impl StreamTransport {
         });
         if start {
             let cb = slf.getattr(intern!(py, "_read_ready"))?;
-            if let Err(e) = Loop::watch_internal(this.lp.bind(py), this.fd, Side::Read, &cb, false)
+            let native: NativeCall = |cb| Self::_read_ready(&Self::owner_of(cb));
+            let lp = this.lp.bind(py);
+            if let Err(e) = Loop::watch_internal(lp, this.fd, Side::Read, &cb, Some(native), false)
             {
                 this.st.with(py, |s| s.reading = false);
                 return Err(e);
@@ -688,7 +702,9 @@ impl StreamTransport {
                     .with(py, |s| !std::mem::replace(&mut s.writing, true));
                 if start {
                     let cb = slf.getattr(intern!(py, "_write_ready"))?;
-                    Loop::watch_internal(this.lp.bind(py), this.fd, Side::Write, &cb, false)?;
+                    let native: NativeCall = |cb| Self::_write_ready(&Self::owner_of(cb));
+                    let lp = this.lp.bind(py);
+                    Loop::watch_internal(lp, this.fd, Side::Write, &cb, Some(native), false)?;
                 }
                 Self::maybe_resume_protocol(slf)
             }
