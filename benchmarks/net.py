@@ -34,7 +34,7 @@ times slower than later ones, an effect of glibc's mmap threshold). There is no 
 ceiling (`vs ceiling` is `-`). A loop that cannot serve TLS is reported as `unsupported`
 (rloop 0.5 raises NotImplementedError for `ssl=`).
 
-    python benchmarks/net.py                    # the full run (about 10 minutes)
+    python benchmarks/net.py                    # the full run (about 15 minutes)
     python benchmarks/net.py --rounds 1 --duration 2 --loops asyncio,uvloop
     python benchmarks/net.py --tls --kinds protocol,streams --sizes 1024,65536 --no-connrate
     python benchmarks/net.py --tls-only         # TLS rows only (about 3 minutes)
