@@ -187,67 +187,81 @@ impl Handle {
     /// Runs the callback inside its context. Errors are returned, not reported.
     #[inline]
     pub(crate) fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        // Strong references for the duration of the call: the callback may cancel its
+        // A strong reference for the duration of the call: the callback may cancel its
         // own handle, which clears the slots.
         let Some(callback) = self.callback.get(py) else {
             return Err(pyo3::exceptions::PyTypeError::new_err(
                 "'NoneType' object is not callable",
             ));
         };
-        let single = self.flag(SINGLE_ARG);
-        let payload = self.payload.get(py);
-        let args = if single { None } else { Some(self.args(py)) };
-        let mut one = [payload
-            .as_ref()
-            .map_or(std::ptr::null_mut(), |p| p.as_ptr())];
         let ctx = self.context.as_ptr();
-        // SAFETY: `ctx` is a live contextvars.Context (checked at creation); the
-        // callback, the single argument and the argument tuple are kept alive by the
-        // strong references above for the whole call, and the argument pointer is either
-        // `one` or the tuple's own item array, valid for `nargs` items. Enter and Exit
-        // are paired on every path.
+        // SAFETY: `ctx` is a live contextvars.Context (checked at creation). Enter and
+        // Exit are paired on every path, a panic in a native call included.
         unsafe {
             if ffi::PyContext_Enter(ctx) != 0 {
                 return Err(PyErr::fetch(py));
             }
-            let err = if let Some(native) = self.native {
-                // A panic unwinds past this frame: leave the context first, or it would
-                // stay entered and every later run of this handle would fail to enter it.
-                let run = std::panic::catch_unwind(AssertUnwindSafe(|| native(callback.bind(py))));
-                match run {
-                    Ok(r) => r.err(),
-                    Err(panic) => {
-                        ffi::PyContext_Exit(ctx);
-                        std::panic::resume_unwind(panic);
-                    }
+        }
+        let err = if let Some(native) = self.native {
+            // A panic unwinds past this frame: leave the context first, or it would stay
+            // entered and every later run of this handle would fail to enter it.
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| native(callback.bind(py))));
+            match run {
+                Ok(r) => r.err(),
+                Err(panic) => {
+                    // SAFETY: entered above.
+                    unsafe { ffi::PyContext_Exit(ctx) };
+                    std::panic::resume_unwind(panic);
                 }
-            } else {
-                let (argv, nargs) = match &args {
-                    None => (one.as_mut_ptr(), 1),
-                    Some(t) => {
-                        let n = ffi::PyTuple_GET_SIZE(t.as_ptr()) as usize;
-                        let items = (*(t.as_ptr() as *mut ffi::PyTupleObject))
-                            .ob_item
-                            .as_mut_ptr();
-                        (if n == 0 { std::ptr::null_mut() } else { items }, n)
-                    }
-                };
-                let result =
-                    ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs, std::ptr::null_mut());
-                if result.is_null() {
-                    Some(PyErr::fetch(py))
-                } else {
-                    ffi::Py_DECREF(result);
-                    None
+            }
+        } else {
+            self.call(py, &callback)
+        };
+        // SAFETY: entered above.
+        if unsafe { ffi::PyContext_Exit(ctx) } != 0 {
+            let exit_err = PyErr::fetch(py);
+            return Err(err.unwrap_or(exit_err));
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `callback` with the handle's arguments, through vectorcall.
+    #[inline]
+    fn call(&self, py: Python<'_>, callback: &Py<PyAny>) -> Option<PyErr> {
+        // Strong references for the duration of the call, as for the callback.
+        let payload = self.payload.get(py);
+        let args = if self.flag(SINGLE_ARG) {
+            None
+        } else {
+            Some(self.args(py))
+        };
+        let mut one = [payload
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |p| p.as_ptr())];
+        // SAFETY: the callback, the single argument and the argument tuple are kept
+        // alive by the strong references above for the whole call, and the argument
+        // pointer is either `one` or the tuple's own item array, valid for `nargs` items.
+        unsafe {
+            let (argv, nargs) = match &args {
+                None => (one.as_mut_ptr(), 1),
+                Some(t) => {
+                    let n = ffi::PyTuple_GET_SIZE(t.as_ptr()) as usize;
+                    let items = (*(t.as_ptr() as *mut ffi::PyTupleObject))
+                        .ob_item
+                        .as_mut_ptr();
+                    (if n == 0 { std::ptr::null_mut() } else { items }, n)
                 }
             };
-            if ffi::PyContext_Exit(ctx) != 0 {
-                let exit_err = PyErr::fetch(py);
-                return Err(err.unwrap_or(exit_err));
-            }
-            match err {
-                Some(e) => Err(e),
-                None => Ok(()),
+            let result =
+                ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs, std::ptr::null_mut());
+            if result.is_null() {
+                Some(PyErr::fetch(py))
+            } else {
+                ffi::Py_DECREF(result);
+                None
             }
         }
     }

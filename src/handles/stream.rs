@@ -492,6 +492,32 @@ impl StreamTransport {
         }
     }
 
+    /// Watches the descriptor on `side` with the transport's own `_read_ready` or
+    /// `_write_ready`: the bound method is what repr and error reports show, and the
+    /// loop calls it from Rust (a [`NativeCall`]) with the transport recovered from it.
+    fn watch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
+        let py = slf.py();
+        let (name, native): (_, NativeCall) = match side {
+            Side::Read => (intern!(py, "_read_ready"), |cb| {
+                Self::_read_ready(&Self::owner_of(cb))
+            }),
+            Side::Write => (intern!(py, "_write_ready"), |cb| {
+                Self::_write_ready(&Self::owner_of(cb))
+            }),
+        };
+        let this = slf.get();
+        let callback = slf.getattr(name)?;
+        Loop::watch_internal(
+            this.lp.bind(py),
+            this.fd,
+            side,
+            &callback,
+            Some(native),
+            false,
+        )
+        .map(drop)
+    }
+
     fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -503,11 +529,7 @@ impl StreamTransport {
             start
         });
         if start {
-            let cb = slf.getattr(intern!(py, "_read_ready"))?;
-            let native: NativeCall = |cb| Self::_read_ready(&Self::owner_of(cb));
-            let lp = this.lp.bind(py);
-            if let Err(e) = Loop::watch_internal(lp, this.fd, Side::Read, &cb, Some(native), false)
-            {
+            if let Err(e) = Self::watch(slf, Side::Read) {
                 this.st.with(py, |s| s.reading = false);
                 return Err(e);
             }
@@ -701,10 +723,7 @@ impl StreamTransport {
                     .st
                     .with(py, |s| !std::mem::replace(&mut s.writing, true));
                 if start {
-                    let cb = slf.getattr(intern!(py, "_write_ready"))?;
-                    let native: NativeCall = |cb| Self::_write_ready(&Self::owner_of(cb));
-                    let lp = this.lp.bind(py);
-                    Loop::watch_internal(lp, this.fd, Side::Write, &cb, Some(native), false)?;
+                    Self::watch(slf, Side::Write)?;
                 }
                 Self::maybe_resume_protocol(slf)
             }
