@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 
-use pyo3::Python;
+use pyo3::{Bound, Python};
 
 /// A value guarded by the GIL, lent out one closure at a time.
 pub struct GilCell<T> {
@@ -110,12 +110,14 @@ impl<T> GilSlot<T> {
         }
     }
 
-    /// A new strong reference to the value, if the slot still holds one.
+    /// A new strong reference to the value, if the slot still holds one. It is a
+    /// `Bound` because dropping a `Py` first asks a thread-local whether the thread is
+    /// attached, which a handle's run paid once per reference it took.
     #[inline]
-    pub fn get(&self, py: Python<'_>) -> Option<pyo3::Py<T>> {
-        // SAFETY: the GIL is held and clone_ref only increments a reference count, so no
+    pub fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, T>> {
+        // SAFETY: the GIL is held and clone only increments a reference count, so no
         // other access to the slot can happen while this shared reference exists.
-        unsafe { (*self.value.get()).as_ref().map(|v| v.clone_ref(py)) }
+        unsafe { (*self.value.get()).as_ref().map(|v| v.bind(py).clone()) }
     }
 
     /// Empties the slot, handing the value to the caller to drop.

@@ -428,30 +428,46 @@ impl StreamTransport {
         self.st.bound(py, |s| &s.protocol)
     }
 
-    /// Releases written chunks outside the state borrow (a release may run Python
-    /// code), keeping the vector's capacity: steady state allocates nothing.
+    /// Releases written chunks, keeping the vector's capacity: steady state allocates
+    /// nothing. Inline, because after most writes there is nothing to release.
+    #[inline]
     fn drop_released(&self, py: Python<'_>) {
-        let released = self.st.with(py, |s| {
+        if self.st.with(py, |s| !s.released.is_empty()) {
+            self.release_finished(py);
+        }
+    }
+
+    /// Written `bytes` that nothing else holds go to the pool that small reads use,
+    /// inside the state's borrow (handing over a reference runs no Python code);
+    /// anything else is dropped outside it, since a release may run Python code. An echo
+    /// leaves nothing for the second step.
+    #[inline(never)]
+    fn release_finished(&self, py: Python<'_>) {
+        let left = self.st.with(py, |s| {
+            self.lp.get().with_bytes_pool(py, |pool| {
+                let mut i = 0;
+                while i < s.released.len() {
+                    match &s.released[i] {
+                        Chunk::Bytes(b) if pool.accepts(b) => {
+                            if let Chunk::Bytes(b) = s.released.swap_remove(i) {
+                                pool.keep(b);
+                            }
+                        }
+                        _ => i += 1,
+                    }
+                }
+            });
             (!s.released.is_empty()).then(|| std::mem::take(&mut s.released))
         });
-        let Some(mut released) = released else {
-            return; // the common case after a write: nothing was finished
-        };
-        // Written `bytes` that nothing else holds go to the pool that small reads use.
-        self.lp.get().with_bytes_pool(py, |pool| {
-            let mut i = 0;
-            while i < released.len() {
-                match &released[i] {
-                    Chunk::Bytes(b) if pool.accepts(b) => {
-                        if let Chunk::Bytes(b) = released.swap_remove(i) {
-                            pool.keep(b);
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-        });
-        for chunk in released.drain(..) {
+        if let Some(left) = left {
+            self.drop_chunks(py, left);
+        }
+    }
+
+    /// Drops `chunks` and gives their vector back to the state for the next release.
+    #[cold]
+    fn drop_chunks(&self, py: Python<'_>, mut chunks: Vec<Chunk>) {
+        for chunk in chunks.drain(..) {
             if let Chunk::Bytes(b) = chunk {
                 // Dropped as a Bound, which holds the GIL by construction: dropping a
                 // Py first asks a thread-local whether it does.
@@ -460,7 +476,7 @@ impl StreamTransport {
         }
         self.st.with(py, |s| {
             if s.released.capacity() == 0 {
-                s.released = released;
+                s.released = chunks;
             }
         });
     }
@@ -487,7 +503,7 @@ impl StreamTransport {
         // methods (`_read_ready`, `_write_ready`), built-in methods whose `__self__` is
         // the transport, alive while the method is.
         unsafe {
-            let owner = pyo3::ffi::PyCFunction_GetSelf(callback.as_ptr());
+            let owner = pyo3::ffi::PyCFunction_GET_SELF(callback.as_ptr());
             Bound::from_borrowed_ptr(callback.py(), owner).cast_into_unchecked::<Self>()
         }
     }
@@ -598,9 +614,7 @@ impl StreamTransport {
             if s.conn_lost > 0 {
                 return (true, true);
             }
-            let mut released = std::mem::take(&mut s.released);
-            s.queue.clear(&mut released);
-            s.released = released;
+            s.queue.clear(&mut s.released);
             let was_closing = s.closing;
             s.closing = true;
             s.conn_lost += 1;
@@ -690,10 +704,7 @@ impl StreamTransport {
                 // Sent already (by a direct write): only the completion is left.
                 return Some(Ok(Flushed::All));
             }
-            let mut released = std::mem::take(&mut s.released);
-            let r = s.queue.write_to(this.fd, &mut released);
-            s.released = released;
-            Some(r)
+            Some(s.queue.write_to(this.fd, &mut s.released))
         });
         this.drop_released(py);
         let Some(outcome) = outcome else {
@@ -703,9 +714,7 @@ impl StreamTransport {
             Err(e) => {
                 this.stop_writing_watch(py);
                 let waiter = this.st.with(py, |s| {
-                    let mut released = std::mem::take(&mut s.released);
-                    s.queue.clear(&mut released);
-                    s.released = released;
+                    s.queue.clear(&mut s.released);
                     s.empty_waiter.take()
                 });
                 this.drop_released(py);
@@ -906,10 +915,7 @@ impl StreamTransport {
                 if s.writing {
                     return Ok(0);
                 }
-                let mut released = std::mem::take(&mut s.released);
-                let r = s.queue.write_with_tail(this.fd, bytes, &mut released);
-                s.released = released;
-                r
+                s.queue.write_with_tail(this.fd, bytes, &mut s.released)
             });
             let (sent, error) = match written {
                 Ok(n) => (n, None),
