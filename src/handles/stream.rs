@@ -93,6 +93,15 @@ extern "C" {
 /// What one read produced: the data, and whether it filled the buffer.
 pub(crate) type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
 
+/// A read's data and the size its `bytes` is allocated for.
+type SizedBytes<'py> = (Bound<'py, PyBytes>, usize);
+
+/// True when [`bytes_resize`] shrinks a `bytes` of `len` bytes to `size` in place: a
+/// read short by at most an eighth.
+fn resize_in_place(len: usize, size: usize) -> bool {
+    len - size <= len / 8
+}
+
 /// Shrinks a new `bytes` that a read did not fill to `size` bytes, as `_PyBytes_Resize`
 /// does (same contract and result), except that a read short by at most an eighth keeps
 /// its allocation and only has its size set: a 64 KiB echo reads 64 KiB + 1 to learn
@@ -104,7 +113,7 @@ pub(crate) type ReadBytes<'py> = (Bound<'py, PyBytes>, bool);
 pub(crate) unsafe fn bytes_resize(obj: &mut *mut pyo3::ffi::PyObject, size: usize) -> i32 {
     // SAFETY: `obj` is a live bytes object (the caller's contract).
     let len = unsafe { pyo3::ffi::Py_SIZE(*obj) } as usize;
-    if len - size <= len / 8 {
+    if resize_in_place(len, size) {
         // SAFETY: unshared, and `size` is no larger than its size.
         unsafe { crate::bytes_pool::set_len(*obj, size) };
         return 0;
@@ -121,14 +130,46 @@ pub(crate) fn recv_into_new_bytes(
     fd: RawFd,
     max: usize,
 ) -> PyResult<std::io::Result<Option<ReadBytes<'_>>>> {
-    let size = max as pyo3::ffi::Py_ssize_t;
-    // SAFETY: a NULL source asks CPython for an uninitialized bytes object of `size`
-    // bytes; the result is a new reference or NULL with an exception set.
-    let mut obj = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
-    if obj.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `obj` is a live bytes object of `size` bytes that only this function can
+    let read = recv_into_bytes(py, fd, max, None)?;
+    Ok(read.map(|r| {
+        r.map(|(b, _)| {
+            let full = b.as_bytes().len() == max;
+            (b, full)
+        })
+    }))
+}
+
+/// [`recv_into_new_bytes`] into `reuse` when given (a private `bytes` and the size it was
+/// allocated for, at least `max`) instead of a new object; with the data, the size its
+/// `bytes` is now allocated for.
+fn recv_into_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    max: usize,
+    reuse: Option<(Py<PyBytes>, usize)>,
+) -> PyResult<std::io::Result<Option<SizedBytes<'_>>>> {
+    let (mut obj, cap) = match reuse {
+        Some((b, cap)) => {
+            debug_assert!(cap >= max);
+            let obj = b.into_ptr();
+            // SAFETY: the pool's spare is an exact bytes object allocated for `cap >= max`
+            // bytes, with no other reference (checked when it was kept).
+            unsafe { crate::bytes_pool::set_len(obj, max) };
+            (obj, cap)
+        }
+        None => {
+            // SAFETY: a NULL source asks CPython for an uninitialized bytes object of
+            // `max` bytes; the result is a new reference or NULL with an exception set.
+            let obj = unsafe {
+                pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), max as pyo3::ffi::Py_ssize_t)
+            };
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            (obj, max)
+        }
+    };
+    // SAFETY: `obj` is a live bytes object of `max` bytes that only this function can
     // see; its buffer is writable until it is shared.
     let read = unsafe { socket_io::recv_raw(fd, pyo3::ffi::PyBytes_AsString(obj) as *mut u8, max) };
     let n = match read {
@@ -139,7 +180,11 @@ pub(crate) fn recv_into_new_bytes(
             return Ok(other.map(|_| None));
         }
     };
+    let mut cap = cap;
     if n < max {
+        if !resize_in_place(max, n) {
+            cap = n;
+        }
         // SAFETY: `obj` has a reference count of one and has not been shared, which is
         // what _PyBytes_Resize requires; on failure it frees the object, sets an
         // exception and NULLs the pointer.
@@ -149,7 +194,7 @@ pub(crate) fn recv_into_new_bytes(
     }
     // SAFETY: `obj` is a new reference to a bytes object, handed over to the Bound.
     let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-    Ok(Ok(Some((bytes, n == max))))
+    Ok(Ok(Some((bytes, cap))))
 }
 
 /// True for protocols that take reads into their own buffer: asyncio's BufferedProtocol,
@@ -1020,8 +1065,9 @@ impl StreamTransport {
         let read = if pending >= BULK_READ {
             // Sized by the kernel's count (or the guess): no copy.
             let want = pending.min(MAX_READ);
-            recv_into_new_bytes(py, this.fd, want)?.map(|r| {
-                r.map(|(b, _)| {
+            let spare = lp.with_bytes_pool(py, |pool| pool.take_bulk(want));
+            recv_into_bytes(py, this.fd, want, spare)?.map(|r| {
+                r.map(|(b, cap)| {
                     let got = b.as_bytes().len();
                     if guess > 0 {
                         *waiting = 0;
@@ -1035,7 +1081,7 @@ impl StreamTransport {
                     if !again {
                         emptied_by = got;
                     }
-                    (b, false)
+                    ((b, cap), false)
                 })
             })
         } else {
@@ -1048,13 +1094,13 @@ impl StreamTransport {
                 again = cut || n == max;
                 Ok((n > 0).then(|| {
                     let data = lp.with_bytes_pool(py, |pool| pool.bytes_from(py, &buf[..n]));
-                    (data, false)
+                    ((data, 0), false)
                 }))
             })
         };
         let one_read = if first { emptied_by } else { 0 };
         this.st.with(py, |s| s.one_read = one_read);
-        if let Ok(Some((data, _))) = &read {
+        if let Ok(Some(((data, _), _))) = &read {
             let bulk = data.as_bytes().len() >= BULK_READ;
             this.st.with(py, |s| s.bulk = bulk);
         }
@@ -1062,10 +1108,16 @@ impl StreamTransport {
         Self::finish_read(
             slf,
             read,
-            |data| match this.protocol(py) {
-                Some(p) => p
-                    .call_method1(intern!(py, "data_received"), (data,))
-                    .map(drop),
+            |(data, cap)| match this.protocol(py) {
+                Some(p) => {
+                    p.call_method1(intern!(py, "data_received"), (&data,))?;
+                    if cap > 0 {
+                        // A bulk read's bytes that the protocol did not keep serve the next.
+                        let unkept = lp.with_bytes_pool(py, |pool| pool.keep_bulk(data, cap));
+                        drop(unkept.map(|b| b.into_bound(py)));
+                    }
+                    Ok(())
+                }
                 None => Ok(()),
             },
             "Fatal error: protocol.data_received() call failed.",
