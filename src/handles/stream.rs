@@ -1000,10 +1000,40 @@ impl StreamTransport {
 
     /// `write()` of a `bytes` the transport may keep.
     fn write_copy(slf: &Bound<'_, Self>, data: Py<PyBytes>) -> PyResult<()> {
-        if !slf.get().check_write(slf.py())? {
-            return Ok(());
+        let py = slf.py();
+        let this = slf.get();
+        // The usual write in one borrow: nothing refuses it, the kernel is taking data,
+        // and it joins this iteration's batch without crossing a flush threshold.
+        let running = this.lp.get().running_flag();
+        let chunk = Chunk::Bytes(data);
+        let batched = this.st.with(py, |s| {
+            let n = chunk.as_ref().len();
+            let usual = running
+                && n > 0
+                && !(s.eof || s.writing || s.conn_lost > 0 || s.empty_waiter.is_some())
+                && s.queue.len() + n < FLUSH_NOW_BYTES
+                && s.queue.len() + n <= s.high;
+            if !usual {
+                return Err(chunk);
+            }
+            let refused = s.queue.push(chunk);
+            debug_assert!(refused.is_none(), "only empty chunks are handed back");
+            Ok(!std::mem::replace(&mut s.flush_queued, true))
+        });
+        match batched {
+            Ok(first) => {
+                if first {
+                    this.lp.get().queue_flush(py, slf.clone().unbind());
+                }
+                Ok(())
+            }
+            Err(chunk) => {
+                if !this.check_write(py)? {
+                    return Ok(()); // dropped as Python drops it: the connection is lost
+                }
+                Self::enqueue(slf, [chunk])
+            }
         }
-        Self::enqueue(slf, [Chunk::Bytes(data)])
     }
 
     /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to

@@ -209,6 +209,13 @@ impl<B: AsRef<[u8]>> WriteQueue<B> {
     /// Marks `n` bytes at the front as written.
     pub fn consume(&mut self, mut n: usize, released: &mut Vec<B>) {
         debug_assert!(n <= self.len);
+        if n == self.len {
+            // Everything went, as it usually does: no per-chunk arithmetic.
+            self.len = 0;
+            self.offset = 0;
+            released.extend(self.chunks.drain(..));
+            return;
+        }
         self.len -= n;
         while n > 0 {
             let front = self.chunks.front().expect("consumed more than queued");
