@@ -244,6 +244,24 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    /// Reads `want` bytes from `b`, flushing `q` into `a` again after every read.
+    fn read_while_flushing(
+        q: &mut WriteQueue<Vec<u8>>,
+        a: &UnixStream,
+        b: &mut UnixStream,
+        released: &mut Vec<Vec<u8>>,
+        want: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while got.len() < want {
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let _ = q.write_to(a.as_raw_fd(), released).unwrap();
+        }
+        got
+    }
+
     #[test]
     fn header_and_body_leave_in_one_write_in_order() {
         let (a, mut b) = UnixStream::pair().unwrap();
@@ -279,13 +297,7 @@ mod tests {
             Flushed::Partial
         );
         assert!(!q.is_empty() && q.len() < total.len());
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        while got.len() < total.len() {
-            let n = b.read(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-            let _ = q.write_to(a.as_raw_fd(), &mut released).unwrap();
-        }
+        let got = read_while_flushing(&mut q, &a, &mut b, &mut released, total.len());
         assert!(q.is_empty());
         assert_eq!(got, total);
     }
@@ -304,13 +316,7 @@ mod tests {
         );
         assert!(released.is_empty());
         assert_eq!(q.front().unwrap(), &total[total.len() - q.len()..]);
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        while got.len() < total.len() {
-            let n = b.read(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-            let _ = q.write_to(a.as_raw_fd(), &mut released).unwrap();
-        }
+        let got = read_while_flushing(&mut q, &a, &mut b, &mut released, total.len());
         assert!(q.is_empty() && q.front().is_none());
         assert_eq!(released.len(), 1);
         assert_eq!(got, total);
