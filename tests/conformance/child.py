@@ -13,6 +13,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -108,6 +109,10 @@ def watchdog(result: StreamingResult) -> None:
 
 def main() -> int:
     target, loop_name, out_path = sys.argv[1:4]
+    # CPython's interrupt tests (test_runners) need SIGINT to reach Python, as it does
+    # in a terminal. A suite started in the background of a non-interactive shell
+    # inherits SIGINT ignored, and then those tests hang on any loop, asyncio's included.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     skip = set()
     if len(sys.argv) > 4 and os.path.exists(sys.argv[4]):
         with open(sys.argv[4]) as f:
