@@ -815,20 +815,6 @@ impl StreamTransport {
         }
     }
 
-    fn queue_self(&self, slf: &Bound<'_, Self>) {
-        let py = slf.py();
-        let queue = self.st.with(py, |s| {
-            let q = !s.flush_queued && !s.writing;
-            if q {
-                s.flush_queued = true;
-            }
-            q
-        });
-        if queue {
-            self.lp.get().queue_flush(py, slf.clone().unbind());
-        }
-    }
-
     /// Forgets a queued flush (the loop is unwinding with an exception).
     pub(crate) fn cancel_flush(&self, py: Python<'_>) {
         self.st.with(py, |s| s.flush_queued = false);
@@ -891,32 +877,74 @@ impl StreamTransport {
         Err(Self::type_error(data)?)
     }
 
-    /// Queues chunks and arranges their flush.
-    fn enqueue(slf: &Bound<'_, Self>, chunks: impl IntoIterator<Item = Chunk>) -> PyResult<()> {
+    /// Checks a write as [`StreamTransport::check_write`] does, queues its chunks and
+    /// arranges their flush. The usual write (nothing refuses it, and it joins this
+    /// iteration's batch) takes one borrow of the state; a write that is refused, is
+    /// empty or must flush now goes the long way.
+    fn enqueue<I>(slf: &Bound<'_, Self>, chunks: I) -> PyResult<()>
+    where
+        I: IntoIterator<Item = Chunk>,
+    {
+        /// What the borrow decided.
+        enum Next<I> {
+            /// Refused: `check_write` says how, and the chunks drop outside the borrow.
+            Refused(I),
+            /// Queued and batched; true if this was the transport's first this iteration.
+            Batched(bool),
+            /// Queued, with the flush or flow-control work done outside the borrow.
+            Queued { len: usize, writing: bool },
+        }
         let py = slf.py();
         let this = slf.get();
-        let (len, high, writing) = this.st.with(py, |s| {
+        let running = this.lp.get().running_flag();
+        let (next, released) = this.st.with(py, |s| {
+            if s.eof || s.empty_waiter.is_some() || s.conn_lost > 0 {
+                return (Next::Refused(chunks), false);
+            }
             for c in chunks {
                 if let Some(empty) = s.queue.push(c) {
                     s.released.push(empty);
                 }
             }
-            (s.queue.len(), s.high, s.writing)
+            let len = s.queue.len();
+            let batch = len > 0 && !s.writing && running && len < FLUSH_NOW_BYTES && len <= s.high;
+            let next = if batch {
+                Next::Batched(!std::mem::replace(&mut s.flush_queued, true))
+            } else {
+                Next::Queued {
+                    len,
+                    writing: s.writing,
+                }
+            };
+            (next, !s.released.is_empty())
         });
-        this.drop_released(py);
-        if len == 0 {
-            return Ok(());
+        if released {
+            this.release_finished(py);
         }
-        if writing {
-            // The kernel's buffer is full: the writability edge flushes everything.
-            return Self::maybe_pause_protocol(slf);
+        match next {
+            Next::Refused(chunks) => {
+                // Raises, or drops the write as asyncio drops writes to a lost connection.
+                let accepted = this.check_write(py)?;
+                debug_assert!(!accepted, "refused in the borrow");
+                drop(chunks);
+                Ok(())
+            }
+            Next::Batched(first) => {
+                if first {
+                    this.lp.get().queue_flush(py, slf.clone().unbind());
+                }
+                Ok(())
+            }
+            Next::Queued { len: 0, .. } => Ok(()),
+            Next::Queued { writing: true, .. } => {
+                // The kernel's buffer is full: the writability edge flushes everything.
+                Self::maybe_pause_protocol(slf)
+            }
+            Next::Queued { .. } => {
+                Self::flush_queued(slf)?;
+                Self::maybe_pause_protocol(slf)
+            }
         }
-        if len >= FLUSH_NOW_BYTES || len > high || !this.lp.get().running_flag() {
-            Self::flush_queued(slf)?;
-            return Self::maybe_pause_protocol(slf);
-        }
-        this.queue_self(slf);
-        Ok(())
     }
 
     /// Writes mutable data (a `bytearray`, a `memoryview`). Small data joins this
@@ -1000,40 +1028,7 @@ impl StreamTransport {
 
     /// `write()` of a `bytes` the transport may keep.
     fn write_copy(slf: &Bound<'_, Self>, data: Py<PyBytes>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        // The usual write in one borrow: nothing refuses it, the kernel is taking data,
-        // and it joins this iteration's batch without crossing a flush threshold.
-        let running = this.lp.get().running_flag();
-        let chunk = Chunk::Bytes(data);
-        let batched = this.st.with(py, |s| {
-            let n = chunk.as_ref().len();
-            let usual = running
-                && n > 0
-                && !(s.eof || s.writing || s.conn_lost > 0 || s.empty_waiter.is_some())
-                && s.queue.len() + n < FLUSH_NOW_BYTES
-                && s.queue.len() + n <= s.high;
-            if !usual {
-                return Err(chunk);
-            }
-            let refused = s.queue.push(chunk);
-            debug_assert!(refused.is_none(), "only empty chunks are handed back");
-            Ok(!std::mem::replace(&mut s.flush_queued, true))
-        });
-        match batched {
-            Ok(first) => {
-                if first {
-                    this.lp.get().queue_flush(py, slf.clone().unbind());
-                }
-                Ok(())
-            }
-            Err(chunk) => {
-                if !this.check_write(py)? {
-                    return Ok(()); // dropped as Python drops it: the connection is lost
-                }
-                Self::enqueue(slf, [chunk])
-            }
-        }
+        Self::enqueue(slf, [Chunk::Bytes(data)])
     }
 
     /// Reads for a plain `Protocol`: once, or while bulk reads come back full, up to
@@ -1417,13 +1412,9 @@ impl StreamTransport {
 
     /// Write every bytes-like object of an iterable, in one go.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
         let mut chunks = Vec::new();
         for item in list_of_data.try_iter()? {
             chunks.push(Self::to_chunk(&item?)?);
-        }
-        if !slf.get().check_write(py)? {
-            return Ok(());
         }
         Self::enqueue(slf, chunks)
     }
