@@ -101,6 +101,23 @@ impl BytesPool {
         }
     }
 
+    /// The most recently kept object, for a read to land in directly, when it can hold
+    /// `expected` bytes and is at most twice that (the rule of [`BytesPool::bytes_from`]).
+    /// It is private, with `Py_SIZE(b) + 1` writable bytes at `ob_sval` (its size and
+    /// the NUL every `bytes` has room for); [`set_len`] makes it the data read.
+    pub fn take_for_read(&mut self, expected: usize) -> Option<Py<PyBytes>> {
+        let fits = self.free.last().is_some_and(|b| {
+            // SAFETY: pooled objects are live exact `bytes`; reading the size is harmless.
+            let cap = unsafe { ffi::Py_SIZE(b.as_ptr()) } as usize;
+            expected <= cap && cap <= 2 * expected
+        });
+        if fits {
+            self.free.pop()
+        } else {
+            None
+        }
+    }
+
     /// A `bytes` holding a copy of `data`: the most recently kept object when it is
     /// large enough and at most twice `data`'s size (so a reused object never pins much
     /// more memory than a new one would), or else a new one.

@@ -1020,6 +1020,47 @@ def test_echoed_messages_arrive_intact_with_right_hashes(loop, size):
     run(loop, main())
 
 
+class EchoCheckingHashesToEof(EchoCheckingHashes):
+    def __init__(self):
+        super().__init__()
+        self.eof = asyncio.get_running_loop().create_future()
+
+    def eof_received(self):
+        self.eof.set_result(bytes(self.data))
+
+
+SIZE_RUNS = {
+    # Each message one byte longer than the last: every read fills the recycled object
+    # it lands in, NUL byte included, so the message must be moved to a bytes of its own.
+    "grow-by-one": [1000 + i for i in range(40)],
+    # Far longer than the recycled object: the rest waits behind the first read.
+    "jump": [600, 600, 5000, 600, 12000, 700, 700],
+    "shrink": [4000 - 37 * i for i in range(40)],
+}
+
+
+@pytest.mark.parametrize("pair", [connected_pair, tcp_pair], ids=["unix", "tcp"])
+@pytest.mark.parametrize("run_name", list(SIZE_RUNS))
+def test_small_reads_into_recycled_bytes_deliver_every_byte(loop, pair, run_name):
+    # oxio reads a small message straight into a written bytes object that came back
+    # private, sized by the previous message. The peer waits for each echo before
+    # sending on, so no new readiness edge comes for bytes a read left behind.
+    messages = [bytes([i % 251]) * n for i, n in enumerate(SIZE_RUNS[run_name])]
+
+    async def main():
+        tr, pr, peer = await pair(loop, EchoCheckingHashesToEof)
+        for m in messages:
+            await loop.sock_sendall(peer, m)
+            assert await asyncio.wait_for(recv_exactly(loop, peer, len(m)), 5) == m
+        peer.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(pr.eof, 5) == b"".join(messages)
+        assert pr.hashes_right
+        tr.close()
+        peer.close()
+
+    run(loop, main())
+
+
 class KeepsEverything(asyncio.Protocol):
     def __init__(self):
         self.kept = []

@@ -225,6 +225,9 @@ struct State {
     /// The size of the last run of reads when it was one large read that emptied the
     /// socket (0 otherwise): a TCP peer exchanging messages of one size.
     one_read: usize,
+    /// The size of the last read when it was small (0 otherwise): the next small read
+    /// goes straight into a recycled `bytes` about that large, if the pool has one.
+    small_read: usize,
     /// The write side was shut down (after `write_eof()` and the flush).
     eof_sent: bool,
     conn_lost: u32,
@@ -421,6 +424,7 @@ pub(crate) fn start_stream_transport<'py>(
                 eof_sent: false,
                 bulk: false,
                 one_read: 0,
+                small_read: 0,
                 conn_lost: 0,
                 paused: false,
                 protocol_paused: false,
@@ -1066,7 +1070,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
-        let (bulk, one_read) = this.st.with(py, |s| (s.bulk, s.one_read));
+        let (bulk, one_read, small_read) = this.st.with(py, |s| (s.bulk, s.one_read, s.small_read));
         // A TCP peer whose last message came in one read most likely sends the same size
         // again: a read one byte larger than that needs no count from the kernel, since
         // a short TCP read means the socket is empty (an ioctl saved per message, 2% of
@@ -1109,6 +1113,13 @@ impl StreamTransport {
                     ((b, cap), false)
                 })
             })
+        } else if let Some(b) = (small_read > 0)
+            .then(|| lp.with_bytes_pool(py, |pool| pool.take_for_read(small_read)))
+            .flatten()
+        {
+            *waiting = 0;
+            this.read_into_recycled(b.into_bound(py), &mut again)
+                .map(|r| r.map(|data| ((data, 0), false)))
         } else {
             *waiting = 0;
             lp.with_read_buf(py, |buf| {
@@ -1126,8 +1137,12 @@ impl StreamTransport {
         let one_read = if first { emptied_by } else { 0 };
         this.st.with(py, |s| s.one_read = one_read);
         if let Ok(Some(((data, _), _))) = &read {
-            let bulk = data.as_bytes().len() >= BULK_READ;
-            this.st.with(py, |s| s.bulk = bulk);
+            let len = data.as_bytes().len();
+            let bulk = len >= BULK_READ;
+            this.st.with(py, |s| {
+                s.bulk = bulk;
+                s.small_read = if bulk { 0 } else { len };
+            });
         }
         // The re-arm, when needed, is read_ready_data's, after its last read.
         Self::finish_read(
@@ -1148,6 +1163,59 @@ impl StreamTransport {
             "Fatal error: protocol.data_received() call failed.",
         )?;
         Ok(again)
+    }
+
+    /// A small read straight into `b`, a recycled private `bytes` about the size of the
+    /// last one, instead of through the loop's buffer and a copy. The read may fill the
+    /// object's size and its NUL byte; a message that does (it outgrew the object) is
+    /// copied into a `bytes` of its own, `b` goes back to the pool, and `again` says to
+    /// read on. `None` is end of file.
+    fn read_into_recycled<'py>(
+        &self,
+        b: Bound<'py, PyBytes>,
+        again: &mut bool,
+    ) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
+        let py = b.py();
+        let cap = b.as_bytes().len();
+        let obj = b.as_ptr().cast::<pyo3::ffi::PyBytesObject>();
+        // SAFETY: `b` came from the pool, so nothing else refers to it (reference count
+        // one) and no one sees it change; as every `bytes`, it has room for its size plus
+        // a NUL byte at `ob_sval`, and it stays alive (owned here) for the read.
+        let (read, sval) = unsafe {
+            let sval = std::ptr::addr_of_mut!((*obj).ob_sval).cast::<u8>();
+            (self.recv_raw(sval, cap + 1), sval)
+        };
+        let give_back = |b: Bound<'py, PyBytes>| {
+            // SAFETY: still private and allocated for `cap`; its NUL is rewritten.
+            unsafe { crate::bytes_pool::set_len(b.as_ptr(), cap) };
+            self.lp
+                .get()
+                .with_bytes_pool(py, |pool| pool.keep(b.unbind()));
+        };
+        match read {
+            Ok((n, cut)) if n > 0 && n <= cap => {
+                // SAFETY: private, allocated for at least `cap >= n` bytes.
+                unsafe { crate::bytes_pool::set_len(b.as_ptr(), n) };
+                *again = cut;
+                Ok(Some(b))
+            }
+            Ok((n, _)) if n > cap => {
+                // SAFETY: the read wrote `n` (= cap + 1) bytes at `sval`, inside `b`,
+                // which is alive until give_back below.
+                let data = PyBytes::new(py, unsafe { std::slice::from_raw_parts(sval, n) });
+                give_back(b);
+                *again = true;
+                Ok(Some(data))
+            }
+            Ok(_) => {
+                give_back(b);
+                Ok(None)
+            }
+            Err(e) => {
+                give_back(b);
+                Err(e)
+            }
+        }
     }
 
     /// asyncio's handling of a read's outcome: end of file goes to `eof_received`; data
