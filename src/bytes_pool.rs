@@ -30,6 +30,10 @@ pub struct BytesPool {
     /// allocated for. A 64 KiB echo allocated and freed one per message through glibc's
     /// large bins: about 550 of its 2,740 user-space instructions per round trip.
     spare: Option<(Py<PyBytes>, usize)>,
+    /// The last small read's `bytes`, once its protocol let it go (it wrote only slices
+    /// of it, say): kept apart from `free`, where the flush that follows would bury it
+    /// under written objects of other sizes before the next read.
+    read_spare: Option<Py<PyBytes>>,
 }
 
 impl Default for BytesPool {
@@ -44,13 +48,19 @@ impl BytesPool {
         Self {
             free: Vec::with_capacity(CAPACITY),
             spare: None,
+            read_spare: None,
         }
     }
 
     /// True when `b` can be kept: an exact `bytes` of a pooled size that nothing else
     /// refers to, with room left in the pool.
     pub fn accepts(&self, b: &Py<PyBytes>) -> bool {
-        if cfg!(Py_GIL_DISABLED) || self.free.len() == CAPACITY {
+        self.free.len() < CAPACITY && Self::private_and_pooled_size(b)
+    }
+
+    /// An exact `bytes` of a pooled size with no other reference.
+    fn private_and_pooled_size(b: &Py<PyBytes>) -> bool {
+        if cfg!(Py_GIL_DISABLED) {
             return false;
         }
         let p = b.as_ptr();
@@ -74,6 +84,7 @@ impl BytesPool {
     pub fn take_all(&mut self) -> Vec<Py<PyBytes>> {
         let mut all = std::mem::take(&mut self.free);
         all.extend(self.spare.take().map(|(b, _)| b));
+        all.extend(self.read_spare.take());
         all
     }
 
@@ -105,17 +116,30 @@ impl BytesPool {
     /// `expected` bytes and is at most twice that (the rule of [`BytesPool::bytes_from`]).
     /// It is private, with `Py_SIZE(b) + 1` writable bytes at `ob_sval` (its size and
     /// the NUL every `bytes` has room for); [`set_len`] makes it the data read.
+    /// The read spare comes first, then the newest of `free`.
     pub fn take_for_read(&mut self, expected: usize) -> Option<Py<PyBytes>> {
-        let fits = self.free.last().is_some_and(|b| {
+        let fits = |b: &Py<PyBytes>| {
             // SAFETY: pooled objects are live exact `bytes`; reading the size is harmless.
             let cap = unsafe { ffi::Py_SIZE(b.as_ptr()) } as usize;
             expected <= cap && cap <= 2 * expected
-        });
-        if fits {
-            self.free.pop()
-        } else {
-            None
+        };
+        if self.read_spare.as_ref().is_some_and(fits) {
+            return self.read_spare.take();
         }
+        if self.free.last().is_some_and(fits) {
+            return self.free.pop();
+        }
+        None
+    }
+
+    /// Keeps `b`, a small read's `bytes` its protocol has returned from, as the read
+    /// spare if it is private and of a pooled size. Hands back what is not kept (`b`, or
+    /// the spare it replaces) for the caller to drop outside the borrow.
+    pub fn keep_read(&mut self, b: Bound<'_, PyBytes>) -> Option<Py<PyBytes>> {
+        if !Self::private_and_pooled_size(b.as_unbound()) {
+            return Some(b.unbind());
+        }
+        self.read_spare.replace(b.unbind())
     }
 
     /// A `bytes` holding a copy of `data`: the most recently kept object when it is

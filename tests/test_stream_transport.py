@@ -1061,6 +1061,35 @@ def test_small_reads_into_recycled_bytes_deliver_every_byte(loop, pair, run_name
     run(loop, main())
 
 
+class EchoInSlices(EchoCheckingHashes):
+    """Replies with two slices of each message, so the message itself is let go."""
+
+    def data_received(self, data):
+        self.hashes_right &= hash(data) == hash(bytes(bytearray(data)))
+        self.data += data
+        self.transport.write(data[:16])
+        self.transport.write(data[16:])
+
+
+@pytest.mark.parametrize("size", [1024, 4000])
+def test_a_message_let_go_is_reused_with_the_next_ones_contents(loop, size):
+    # oxio reads the next small message into the bytes of the last one when its protocol
+    # let it go: contents, size and cached hash must be the new message's.
+    messages = [bytes([i]) * (size - i % 3) for i in range(40)]
+
+    async def main():
+        tr, pr, peer = await connected_pair(loop, EchoInSlices)
+        for m in messages:
+            await loop.sock_sendall(peer, m)
+            assert await asyncio.wait_for(recv_exactly(loop, peer, len(m)), 5) == m
+        assert pr.data == b"".join(messages)
+        assert pr.hashes_right
+        tr.close()
+        peer.close()
+
+    run(loop, main())
+
+
 class KeepsEverything(asyncio.Protocol):
     def __init__(self):
         self.kept = []
@@ -1108,6 +1137,42 @@ def test_a_reused_bytearray_is_written_as_it_was_at_each_write(loop):
         peer.close()
 
     run(loop, main())
+
+
+def test_closing_the_loop_frees_the_read_it_kept_for_the_next(oxloop):
+    # A small read's bytes that its protocol let go is kept for the next read; closing
+    # the loop lets it go too.
+    loop = oxloop
+    message = b"r" * 8000
+
+    async def main():
+        tr, pr, peer = await connected_pair(loop, Counting)
+        await loop.sock_sendall(peer, message)
+        await asyncio.wait_for(until(lambda: pr.count == len(message)), 5)
+        tr.close()
+        peer.close()
+        await asyncio.sleep(0)
+
+    tracemalloc.start()
+    try:
+        run(loop, main())
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        loop.close()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert before - after > len(message) // 2, (before, after)
+
+
+class Counting(asyncio.Protocol):
+    """Counts what it receives and keeps none of it."""
+
+    def __init__(self):
+        self.count = 0
+
+    def data_received(self, data):
+        self.count += len(data)
 
 
 def test_closing_the_loop_frees_the_bytes_it_kept_for_reuse(oxloop):

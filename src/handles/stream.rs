@@ -1151,11 +1151,15 @@ impl StreamTransport {
             |(data, cap)| match this.protocol(py) {
                 Some(p) => {
                     p.call_method1(intern!(py, "data_received"), (&data,))?;
-                    if cap > 0 {
-                        // A bulk read's bytes that the protocol did not keep serve the next.
-                        let unkept = lp.with_bytes_pool(py, |pool| pool.keep_bulk(data, cap));
-                        drop(unkept.map(|b| b.into_bound(py)));
-                    }
+                    // A read's bytes that the protocol did not keep serve the next read.
+                    let unkept = lp.with_bytes_pool(py, |pool| {
+                        if cap > 0 {
+                            pool.keep_bulk(data, cap)
+                        } else {
+                            pool.keep_read(data)
+                        }
+                    });
+                    drop(unkept.map(|b| b.into_bound(py)));
                     Ok(())
                 }
                 None => Ok(()),
@@ -1188,9 +1192,8 @@ impl StreamTransport {
         let give_back = |b: Bound<'py, PyBytes>| {
             // SAFETY: still private and allocated for `cap`; its NUL is rewritten.
             unsafe { crate::bytes_pool::set_len(b.as_ptr(), cap) };
-            self.lp
-                .get()
-                .with_bytes_pool(py, |pool| pool.keep(b.unbind()));
+            let unkept = self.lp.get().with_bytes_pool(py, |pool| pool.keep_read(b));
+            drop(unkept.map(|b| b.into_bound(py)));
         };
         match read {
             Ok((n, cut)) if n > 0 && n <= cap => {
