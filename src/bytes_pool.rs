@@ -112,21 +112,27 @@ impl BytesPool {
         }
     }
 
-    /// The most recently kept object, for a read to land in directly, when it can hold
-    /// `expected` bytes and is at most twice that (the rule of [`BytesPool::bytes_from`]).
-    /// It is private, with `Py_SIZE(b) + 1` writable bytes at `ob_sval` (its size and
-    /// the NUL every `bytes` has room for); [`set_len`] makes it the data read.
-    /// The read spare comes first, then the newest of `free`.
+    /// True when the kept object `b` can hold `n` bytes and is at most twice that, so a
+    /// reused object never pins much more memory than a new one would.
+    fn fits(b: &Py<PyBytes>, n: usize) -> bool {
+        // SAFETY: kept objects are live exact `bytes`; reading the size is harmless.
+        let cap = unsafe { ffi::Py_SIZE(b.as_ptr()) } as usize;
+        n <= cap && cap <= 2 * n
+    }
+
+    /// A kept object that [fits](BytesPool::fits) `expected` bytes, for a read to land
+    /// in directly: the read spare, else the newest of `free`. It is private, with
+    /// `Py_SIZE(b) + 1` writable bytes at `ob_sval` (its size and the NUL every `bytes`
+    /// has room for); [`set_len`] makes it the data read.
     pub fn take_for_read(&mut self, expected: usize) -> Option<Py<PyBytes>> {
-        let fits = |b: &Py<PyBytes>| {
-            // SAFETY: pooled objects are live exact `bytes`; reading the size is harmless.
-            let cap = unsafe { ffi::Py_SIZE(b.as_ptr()) } as usize;
-            expected <= cap && cap <= 2 * expected
-        };
-        if self.read_spare.as_ref().is_some_and(fits) {
+        if self
+            .read_spare
+            .as_ref()
+            .is_some_and(|b| Self::fits(b, expected))
+        {
             return self.read_spare.take();
         }
-        if self.free.last().is_some_and(fits) {
+        if self.free.last().is_some_and(|b| Self::fits(b, expected)) {
             return self.free.pop();
         }
         None
@@ -142,17 +148,11 @@ impl BytesPool {
         self.read_spare.replace(b.unbind())
     }
 
-    /// A `bytes` holding a copy of `data`: the most recently kept object when it is
-    /// large enough and at most twice `data`'s size (so a reused object never pins much
-    /// more memory than a new one would), or else a new one.
+    /// A `bytes` holding a copy of `data`: the most recently kept object of `free` when
+    /// it [fits](BytesPool::fits) `data`, or else a new one.
     pub fn bytes_from<'py>(&mut self, py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
         let n = data.len();
-        let fits = self.free.last().is_some_and(|b| {
-            // SAFETY: pooled objects are live exact `bytes`; reading the size is harmless.
-            let cap = unsafe { ffi::Py_SIZE(b.as_ptr()) } as usize;
-            n <= cap && cap <= 2 * n
-        });
-        if !fits {
+        if !self.free.last().is_some_and(|b| Self::fits(b, n)) {
             return PyBytes::new(py, data);
         }
         let b = self.free.pop().expect("checked non-empty").into_bound(py);

@@ -1153,16 +1153,21 @@ def test_closing_the_loop_frees_the_read_it_kept_for_the_next(oxloop):
         peer.close()
         await asyncio.sleep(0)
 
+    freed = bytes_freed_by_closing(loop, main())
+    assert freed > len(message) // 2, freed
+
+
+def bytes_freed_by_closing(loop, coro):
+    """Runs `coro` on `loop`, then closes it: how many bytes closing freed."""
     tracemalloc.start()
     try:
-        run(loop, main())
+        run(loop, coro)
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         loop.close()
-        after = tracemalloc.get_traced_memory()[0]
+        return before - tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert before - after > len(message) // 2, (before, after)
 
 
 class Counting(asyncio.Protocol):
@@ -1189,13 +1194,5 @@ def test_closing_the_loop_frees_the_bytes_it_kept_for_reuse(oxloop):
         peer.close()
         await asyncio.sleep(0)
 
-    tracemalloc.start()
-    try:
-        run(loop, main())
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        loop.close()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    assert before - after > len(message) // 2, (before, after)
+    freed = bytes_freed_by_closing(loop, main())
+    assert freed > len(message) // 2, freed
