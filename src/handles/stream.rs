@@ -1151,15 +1151,7 @@ impl StreamTransport {
             |(data, cap)| match this.protocol(py) {
                 Some(p) => {
                     p.call_method1(intern!(py, "data_received"), (&data,))?;
-                    // A read's bytes that the protocol did not keep serve the next read.
-                    let unkept = lp.with_bytes_pool(py, |pool| {
-                        if cap > 0 {
-                            pool.keep_bulk(data, cap)
-                        } else {
-                            pool.keep_read(data)
-                        }
-                    });
-                    drop(unkept.map(|b| b.into_bound(py)));
+                    this.recycle_read(data, cap);
                     Ok(())
                 }
                 None => Ok(()),
@@ -1167,6 +1159,22 @@ impl StreamTransport {
             "Fatal error: protocol.data_received() call failed.",
         )?;
         Ok(again)
+    }
+
+    /// Hands a read's `bytes`, which its protocol has returned from, to the pool for the
+    /// next read: as the bulk spare when it was allocated for `cap` bytes (`cap > 0`),
+    /// else as the small-read spare. What the pool does not keep is dropped here, after
+    /// the pool's borrow ends.
+    fn recycle_read(&self, data: Bound<'_, PyBytes>, cap: usize) {
+        let py = data.py();
+        let unkept = self.lp.get().with_bytes_pool(py, |pool| {
+            if cap > 0 {
+                pool.keep_bulk(data, cap)
+            } else {
+                pool.keep_read(data)
+            }
+        });
+        drop(unkept.map(|b| b.into_bound(py)));
     }
 
     /// A small read straight into `b`, a recycled private `bytes` about the size of the
@@ -1192,8 +1200,7 @@ impl StreamTransport {
         let give_back = |b: Bound<'py, PyBytes>| {
             // SAFETY: still private and allocated for `cap`; its NUL is rewritten.
             unsafe { crate::bytes_pool::set_len(b.as_ptr(), cap) };
-            let unkept = self.lp.get().with_bytes_pool(py, |pool| pool.keep_read(b));
-            drop(unkept.map(|b| b.into_bound(py)));
+            self.recycle_read(b, 0);
         };
         match read {
             Ok((n, cut)) if n > 0 && n <= cap => {
