@@ -25,7 +25,7 @@ use crate::bytes_pool::BytesPool;
 use crate::callback_check::{check_callback, CodeFlagsCache};
 use crate::errors;
 use crate::executor;
-use crate::fd_watch::{fileobj_to_fd, FdMap, FdWatches, Side};
+use crate::fd_watch::{fileobj_to_fd, FdMap, FdWatches, Side, Trigger};
 use crate::gil_cell::GilCell;
 use crate::handle::{release, untrack, CallArgs, Handle, NativeCall, TimerHandle};
 use crate::handles::stream::StreamTransport;
@@ -331,6 +331,19 @@ impl Loop {
     /// watched descriptor fired (it must be re-armed after the callbacks ran).
     fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
         self.flush_transports(py)?;
+        // Resumed readers run after this poll as if it had reported them: it must not
+        // wait for them.
+        let replayed = self.sched.with(py, |s| {
+            self.watches.with(py, |w| {
+                w.as_mut()
+                    .is_some_and(|w| w.queue_replays(py, &mut s.ready))
+            })
+        });
+        let timeout = if replayed {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         if timeout == Some(Duration::ZERO)
             && !self.watching.load(Ordering::Relaxed)
             && !self.waker.is_pending()
@@ -539,25 +552,25 @@ impl Loop {
             py,
             Self::make_handle(slf, callback, CallArgs::Tuple(args), None, method, false)?,
         )?;
-        slf.get().install_watch(fd, side, &handle, true)?;
+        slf.get().install_watch(fd, side, &handle, Trigger::Level)?;
         Ok(handle)
     }
 
-    /// Makes `handle` the `side` watcher of `fd` (level-triggered or not); the handle it
+    /// Makes `handle` the `side` watcher of `fd`, reported as `trigger` says; the handle it
     /// replaces is cancelled, as asyncio cancels a replaced reader or writer.
     fn install_watch(
         &self,
         fd: RawFd,
         side: Side,
         handle: &Bound<'_, Handle>,
-        level: bool,
+        trigger: Trigger,
     ) -> PyResult<()> {
         let py = handle.py();
         let watched = handle.clone().unbind();
         // On failure `set` drops `watched`, which is not the last reference: no Python
         // code runs while the state is borrowed.
         let replaced = self.watches.with(py, |w| match w {
-            Some(w) => w.set(fd, side, watched, level).map_err(os_error),
+            Some(w) => w.set(fd, side, watched, trigger).map_err(os_error),
             None => Err(closed_error()),
         })?;
         self.watching.store(true, Ordering::Relaxed);
@@ -1244,15 +1257,15 @@ impl Loop {
     }
 
     /// Installs `callback` (called with no arguments, or through `native`) as the `side`
-    /// watcher of `fd`, edge-triggered unless `level`. Nothing is checked: the caller is
-    /// a transport.
+    /// watcher of `fd`, reported as `trigger` says. Nothing is checked: the caller is a
+    /// transport or a socket method.
     pub(crate) fn watch_internal(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         side: Side,
         callback: &Bound<'_, PyAny>,
         native: Option<NativeCall>,
-        level: bool,
+        trigger: Trigger,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -1272,7 +1285,7 @@ impl Loop {
             handle = handle.with_native(f);
         }
         let handle = Bound::new(py, handle)?;
-        this.install_watch(fd, side, &handle, level)?;
+        this.install_watch(fd, side, &handle, trigger)?;
         Ok(handle.unbind())
     }
 

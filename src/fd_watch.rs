@@ -49,6 +49,13 @@ struct Watch {
     /// asyncio's level-triggered semantics: re-armed after every event. Transports
     /// register edge-triggered and ask for a re-arm only when they left data unread.
     level: bool,
+    /// What the kernel's registration asks for: the interest of the last `register` or
+    /// `reregister`, which a parked entry keeps.
+    registered: Interest,
+    /// A re-arm was skipped because the entry was parked by then: an end of file that
+    /// came with data, or data left unread, that no further edge will announce. A
+    /// resumed reader then re-arms instead of replaying ([`Trigger::Resume`]).
+    rearm_owed: bool,
 }
 
 impl Watch {
@@ -58,6 +65,24 @@ impl Watch {
             writable: self.writer.is_some(),
         }
     }
+}
+
+/// How a watch wants its descriptor reported.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Trigger {
+    /// asyncio's level-triggered semantics (every `add_reader` and `add_writer`): the
+    /// descriptor is reported at every poll while it is ready.
+    Level,
+    /// Edge-triggered: reported at the next poll if it is ready now, then once per new
+    /// readiness. The watcher drains what it is told about or asks for a re-arm
+    /// ([`FdWatches::request_rearm`]).
+    Edge,
+    /// Edge-triggered, for a reader resuming after a pause, which may have left data
+    /// unread and may have missed edges while it was parked. A parked registration that
+    /// asks for reads only is kept as it is, with no system call, and the reader runs
+    /// after the next poll whether or not the descriptor is ready: it finds out by
+    /// reading. Otherwise the same as `Edge`.
+    Resume,
 }
 
 /// Which side of a descriptor a watch is for.
@@ -81,6 +106,9 @@ pub struct FdWatches {
     /// How many entries of `watches` have a watcher (are not parked).
     active: usize,
     fired: Vec<RawFd>,
+    /// Descriptors whose resumed reader runs after the next poll without being reported
+    /// by it ([`Trigger::Resume`]).
+    replay: Vec<RawFd>,
 }
 
 impl FdWatches {
@@ -90,6 +118,7 @@ impl FdWatches {
             watches: FdMap::default(),
             active: 0,
             fired: Vec::new(),
+            replay: Vec::new(),
         }
     }
 
@@ -102,16 +131,16 @@ impl FdWatches {
 
     /// Installs `handle` as the `side` callback of `fd`, returning the one it replaces.
     /// On an OS error (a descriptor that is not open: `EBADF`) nothing changes.
-    /// `level` chooses asyncio's level-triggered semantics (every `add_reader` and
-    /// `add_writer`) or edge-triggered ones (transports, see [`FdWatches::request_rearm`]).
+    /// `trigger` chooses asyncio's level-triggered semantics or edge-triggered ones.
     pub fn set(
         &mut self,
         fd: RawFd,
         side: Side,
         handle: Py<Handle>,
-        level: bool,
+        trigger: Trigger,
     ) -> io::Result<Option<Py<Handle>>> {
         let token = fd as usize;
+        let level = trigger == Trigger::Level;
         match self.watches.get_mut(&fd) {
             Some(watch) => {
                 let was_parked = watch.reader.is_none() && watch.writer.is_none();
@@ -121,13 +150,28 @@ impl FdWatches {
                     Side::Read => interest.readable = true,
                     Side::Write => interest.writable = true,
                 }
-                if let Err(e) = self.registrar.reregister(fd, token, interest) {
-                    // The descriptor was closed (and so left epoll) and its number
-                    // reused: register the new file afresh.
-                    if e.raw_os_error() != Some(libc::ENOENT) {
-                        return Err(e);
+                // A parked entry is edge-triggered (level ones are dropped instead), and
+                // its registration still asks for `registered`. The descriptor is the
+                // same file: its owner, resuming, has not closed it.
+                if trigger == Trigger::Resume
+                    && was_parked
+                    && interest == watch.registered
+                    && !watch.rearm_owed
+                {
+                    if !self.replay.contains(&fd) {
+                        self.replay.push(fd);
                     }
-                    self.registrar.register(fd, token, interest)?;
+                } else {
+                    if let Err(e) = self.registrar.reregister(fd, token, interest) {
+                        // The descriptor was closed (and so left epoll) and its number
+                        // reused: register the new file afresh.
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            return Err(e);
+                        }
+                        self.registrar.register(fd, token, interest)?;
+                    }
+                    watch.registered = interest;
+                    watch.rearm_owed = false;
                 }
                 if was_parked {
                     self.active += 1;
@@ -138,16 +182,18 @@ impl FdWatches {
                 })
             }
             None => {
-                let mut watch = Watch {
-                    reader: None,
-                    writer: None,
-                    level,
+                let (reader, writer, registered) = match side {
+                    Side::Read => (Some(handle), None, Interest::READ),
+                    Side::Write => (None, Some(handle), Interest::WRITE),
                 };
-                match side {
-                    Side::Read => watch.reader = Some(handle),
-                    Side::Write => watch.writer = Some(handle),
-                }
-                self.registrar.register(fd, token, watch.interest())?;
+                self.registrar.register(fd, token, registered)?;
+                let watch = Watch {
+                    reader,
+                    writer,
+                    level,
+                    registered,
+                    rearm_owed: false,
+                };
                 self.watches.insert(fd, watch);
                 self.active += 1;
                 Ok(None)
@@ -175,6 +221,7 @@ impl FdWatches {
             // An edge-triggered registration is parked: see `watches`.
         } else {
             let _ = self.registrar.reregister(fd, fd as usize, interest);
+            watch.registered = interest;
         }
         removed
     }
@@ -185,6 +232,8 @@ impl FdWatches {
         let Some(w) = self.watches.remove(&fd) else {
             return Vec::new();
         };
+        // A number queued for a replay may be reused by another file before the poll.
+        self.replay.retain(|&r| r != fd);
         let _ = self.registrar.deregister(fd);
         let handles: Vec<_> = w.reader.into_iter().chain(w.writer).collect();
         if !handles.is_empty() {
@@ -220,6 +269,27 @@ impl FdWatches {
         }
     }
 
+    /// Queues the readers resumed since the last poll ([`Trigger::Resume`]), as if the
+    /// poll had reported their descriptors readable. True when it queued any: the poll
+    /// must then not wait.
+    pub fn queue_replays(&mut self, py: Python<'_>, ready: &mut ReadyQueue<Py<Handle>>) -> bool {
+        if self.replay.is_empty() {
+            return false;
+        }
+        let mut queued = false;
+        for fd in self.replay.drain(..) {
+            // A reader paused again before this poll is not run; its next resume replays.
+            let reader = self.watches.get(&fd).and_then(|w| w.reader.as_ref());
+            if let Some(r) = reader {
+                if !r.get().is_cancelled() {
+                    ready.push(r.clone_ref(py));
+                    queued = true;
+                }
+            }
+        }
+        queued
+    }
+
     /// Makes the next poll report `fd` again if it is still ready: an edge-triggered
     /// watcher that stopped before draining its descriptor asks for this.
     pub fn request_rearm(&mut self, fd: RawFd) {
@@ -235,11 +305,13 @@ impl FdWatches {
     /// again by the next poll if it is still ready: asyncio's level-triggered semantics.
     pub fn rearm_fired(&mut self) {
         for fd in self.fired.drain(..) {
-            if let Some(w) = self.watches.get(&fd) {
+            if let Some(w) = self.watches.get_mut(&fd) {
                 if w.reader.is_none() && w.writer.is_none() {
-                    continue; // parked
+                    w.rearm_owed = true; // parked
+                    continue;
                 }
                 let _ = self.registrar.rearm(fd, fd as usize, w.interest());
+                w.rearm_owed = false;
             }
         }
     }
@@ -248,6 +320,7 @@ impl FdWatches {
     pub fn take_all(&mut self) -> Vec<Py<Handle>> {
         let mut out = Vec::new();
         self.active = 0;
+        self.replay.clear();
         for (fd, w) in self.watches.drain() {
             let _ = self.registrar.deregister(fd);
             out.extend(w.reader);

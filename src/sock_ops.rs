@@ -17,7 +17,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView};
 
 use crate::event_loop::{os_error, Loop};
-use crate::fd_watch::Side;
+use crate::fd_watch::{Side, Trigger};
 use crate::gil_cell::GilCell;
 use crate::handle::Handle;
 use crate::handles::stream::recv_into_new_bytes;
@@ -156,7 +156,7 @@ impl SockWaiter {
         )?;
         // Edge-triggered: the operation was just tried and would block, so the next
         // edge is the one to wait for; and its registration is parked afterwards.
-        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), None, false)?;
+        let handle = Loop::watch_internal(lp, fd, side, waiter.as_any(), None, Trigger::Edge)?;
         waiter.get().handle.with(py, |h| *h = Some(handle));
         fut.call_method1(
             intern!(py, "add_done_callback"),

@@ -589,6 +589,83 @@ def test_pause_and_resume_reading(loop):
     run(loop, main())
 
 
+class PollsForReal:
+    """Watches one end of an idle socket pair, so that every loop iteration meanwhile
+    polls the kernel (with nothing watched, a loop with callbacks ready may skip the
+    poll) and takes the readiness reports of everything registered."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.a, self.b = socket.socketpair()
+
+    def __enter__(self):
+        self.loop.add_reader(self.a, lambda: None)
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.remove_reader(self.a)
+        self.a.close()
+        self.b.close()
+
+
+def peer_has_finished(sock):
+    """True once a TCP socket has received its peer's FIN (its state is CLOSE_WAIT)."""
+    tcp_close_wait = 8
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == tcp_close_wait
+
+
+def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop):
+    # Both arrive, and are polled, while the transport is paused: whatever the loop did
+    # with those readiness reports then, resuming must deliver the data and the end of
+    # file without any new event from the peer.
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        tr.pause_reading()
+        await loop.sock_sendall(peer, b"sent while paused")
+        peer.shutdown(socket.SHUT_WR)
+        sock = tr.get_extra_info("socket")
+        await asyncio.wait_for(until(lambda: peer_has_finished(sock)), 5)
+        assert unread(sock.fileno()) == len(b"sent while paused")
+        with PollsForReal(loop):
+            for _ in range(3):
+                await asyncio.sleep(0)  # polls that report the socket while it is paused
+        assert pr.data == b"" and "eof" not in pr.events
+        tr.resume_reading()
+        await asyncio.wait_for(pr.lost, 5)
+        assert pr.data == b"sent while paused"
+        assert pr.events[-2:] == ["eof", ("lost", None)]
+        peer.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("resume_in", ["call_soon", "data_received"])
+def test_pausing_in_every_read_loses_neither_data_nor_eof(loop, resume_in):
+    # A protocol that pauses in each data_received and resumes from the next callback
+    # (or at once, from inside data_received), while the peer sends more than a read
+    # takes and then ends: the end of file arrives with data the paused reader left.
+    class PauseEachRead(Collect):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+            if resume_in == "call_soon":
+                asyncio.get_running_loop().call_soon(self.transport.resume_reading)
+            else:
+                self.transport.resume_reading()
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, PauseEachRead)
+        with PollsForReal(loop):
+            await loop.sock_sendall(peer, PAYLOAD)
+            peer.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(pr.lost, 10)
+        assert pr.data == PAYLOAD
+        assert pr.events[-2:] == ["eof", ("lost", None)]
+        peer.close()
+
+    run(loop, main())
+
+
 def test_write_eof_half_closes_and_the_peer_can_still_answer(loop):
     async def main():
         tr, pr, peer = await tcp_pair(loop, Collect)

@@ -20,7 +20,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors;
 use crate::event_loop::{os_error, Loop};
-use crate::fd_watch::Side;
+use crate::fd_watch::{Side, Trigger};
 use crate::gil_cell::GilCell;
 use crate::handle::NativeCall;
 use crate::handles::tls::TlsProtocol;
@@ -560,7 +560,7 @@ impl StreamTransport {
     /// Watches the descriptor on `side` with the transport's own `_read_ready` or
     /// `_write_ready`: the bound method is what repr and error reports show, and the
     /// loop calls it from Rust (a [`NativeCall`]) with the transport recovered from it.
-    fn watch(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
+    fn watch(slf: &Bound<'_, Self>, side: Side, trigger: Trigger) -> PyResult<()> {
         let py = slf.py();
         let (name, native): (_, NativeCall) = match side {
             Side::Read => (intern!(py, "_read_ready"), |cb| {
@@ -578,12 +578,14 @@ impl StreamTransport {
             side,
             &callback,
             Some(native),
-            false,
+            trigger,
         )
         .map(drop)
     }
 
-    fn start_reading_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Starts reading; `trigger` is [`Trigger::Resume`] when a pause ends, which may
+    /// have left data unread.
+    fn start_reading_watch(slf: &Bound<'_, Self>, trigger: Trigger) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let start = this.st.with(py, |s| {
@@ -594,7 +596,7 @@ impl StreamTransport {
             start
         });
         if start {
-            if let Err(e) = Self::watch(slf, Side::Read) {
+            if let Err(e) = Self::watch(slf, Side::Read, trigger) {
                 this.st.with(py, |s| s.reading = false);
                 return Err(e);
             }
@@ -781,7 +783,7 @@ impl StreamTransport {
                     .st
                     .with(py, |s| !std::mem::replace(&mut s.writing, true));
                 if start {
-                    Self::watch(slf, Side::Write)?;
+                    Self::watch(slf, Side::Write, Trigger::Edge)?;
                 }
                 Self::maybe_resume_protocol(slf)
             }
@@ -1453,7 +1455,7 @@ impl StreamTransport {
 #[pymethods]
 impl StreamTransport {
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::start_reading_watch(slf)
+        Self::start_reading_watch(slf, Trigger::Edge)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1609,7 +1611,7 @@ impl StreamTransport {
             true
         });
         if resume {
-            Self::start_reading_watch(slf)?;
+            Self::start_reading_watch(slf, Trigger::Resume)?;
             if this.lp.get().is_debug() {
                 py_refs::logger(py)?
                     .call_method1("debug", ("%r resumes reading", this.proxy(py)))?;
