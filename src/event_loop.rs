@@ -97,6 +97,8 @@ pub struct Loop {
     /// The last `sock_recv` returned a large read: the next large one reads straight
     /// into its `bytes`.
     pub(crate) bulk_recv: AtomicBool,
+    /// Counts polls (from 1): a stamp for "in this loop pass, after its poll".
+    polls: AtomicU64,
 }
 
 fn closed_error() -> PyErr {
@@ -331,15 +333,13 @@ impl Loop {
     /// watched descriptor fired (it must be re-armed after the callbacks ran).
     fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
         self.flush_transports(py)?;
-        // Resumed readers run after this poll as if it had reported them: it must not
-        // wait for them.
-        let replayed = self.sched.with(py, |s| {
-            self.watches.with(py, |w| {
-                w.as_mut()
-                    .is_some_and(|w| w.queue_replays(py, &mut s.ready))
-            })
-        });
-        let timeout = if replayed {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        // Resumed readers run after this poll as if it had reported them (those it
+        // reports run once): it must not wait.
+        let replays = self
+            .watches
+            .with(py, |w| w.as_ref().is_some_and(FdWatches::replay_pending));
+        let timeout = if replays {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -349,6 +349,9 @@ impl Loop {
             && !self.waker.is_pending()
         {
             // Nothing could be ready: skip the syscall.
+            if replays {
+                self.queue_replays(py);
+            }
             return Ok(false);
         }
         let polled = self.poller.with(py, |poller| -> std::io::Result<()> {
@@ -389,10 +392,24 @@ impl Loop {
             })
         });
         self.events.with(py, |buf| *buf = events);
+        if replays {
+            self.queue_replays(py);
+        }
         if woken {
             self.waker.reset();
         }
         Ok(fired)
+    }
+
+    /// Queues the resumed readers that the poll did not report.
+    fn queue_replays(&self, py: Python<'_>) {
+        self.sched.with(py, |s| {
+            self.watches.with(py, |w| {
+                if let Some(w) = w {
+                    w.queue_replays(py, &mut s.ready);
+                }
+            })
+        });
     }
 
     /// Runs the callbacks that were ready when the pass began: first the `scheduled` ones
@@ -653,6 +670,7 @@ impl Loop {
             read_buf: GilCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice()),
             bytes_pool: GilCell::new(BytesPool::new()),
             bulk_recv: AtomicBool::new(false),
+            polls: AtomicU64::new(1),
         })
     }
 
@@ -1345,6 +1363,22 @@ impl Loop {
             Handle::cancel_bound(h.bind(py));
             release(h);
         }
+    }
+
+    /// The current loop pass: what happens after this pass's poll (and before the next)
+    /// shares it, and nothing else does.
+    #[inline]
+    pub(crate) fn pass(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
+    }
+
+    /// Records that `fd`'s reader, just removed, had emptied it in this pass.
+    pub(crate) fn reader_drained(&self, py: Python<'_>, fd: RawFd) {
+        self.watches.with(py, |w| {
+            if let Some(w) = w {
+                w.reader_drained(fd);
+            }
+        });
     }
 
     /// Asks the next poll to report `fd` again if it is still ready.

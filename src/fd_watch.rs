@@ -53,9 +53,17 @@ struct Watch {
     /// `reregister`, which a parked entry keeps.
     registered: Interest,
     /// A re-arm was skipped because the entry was parked by then: an end of file that
-    /// came with data, or data left unread, that no further edge will announce. A
-    /// resumed reader then re-arms instead of replaying ([`Trigger::Resume`]).
+    /// came with data, or data left unread, which no further edge will announce (a
+    /// replayed reader may stop short of an end of file). A resumed reader then re-arms
+    /// instead of replaying ([`Trigger::Resume`]).
     rearm_owed: bool,
+    /// The descriptor is in `FdWatches::replay`.
+    replay_queued: bool,
+    /// The descriptor may hold data its reader has not been run for since its last
+    /// registration: the reader was removed with data left or its event pending, or an
+    /// event came while it had none. A resumed reader is replayed only then; otherwise
+    /// the next new data raises an edge of its own.
+    unread: bool,
 }
 
 impl Watch {
@@ -79,9 +87,10 @@ pub enum Trigger {
     Edge,
     /// Edge-triggered, for a reader resuming after a pause, which may have left data
     /// unread and may have missed edges while it was parked. A parked registration that
-    /// asks for reads only is kept as it is, with no system call, and the reader runs
-    /// after the next poll whether or not the descriptor is ready: it finds out by
-    /// reading. Otherwise the same as `Edge`.
+    /// asks for reads only is kept as it is, with no system call. If the descriptor may
+    /// hold data the reader was not run for ([`FdWatches::reader_drained`] says when it
+    /// does not), the reader runs after the next poll whether or not the poll reports
+    /// it, and finds out by reading. Otherwise the same as `Edge`.
     Resume,
 }
 
@@ -106,8 +115,8 @@ pub struct FdWatches {
     /// How many entries of `watches` have a watcher (are not parked).
     active: usize,
     fired: Vec<RawFd>,
-    /// Descriptors whose resumed reader runs after the next poll without being reported
-    /// by it ([`Trigger::Resume`]).
+    /// Descriptors whose resumed reader runs after the next poll even if the poll does
+    /// not report them ([`Trigger::Resume`]).
     replay: Vec<RawFd>,
 }
 
@@ -158,7 +167,8 @@ impl FdWatches {
                     && interest == watch.registered
                     && !watch.rearm_owed
                 {
-                    if !self.replay.contains(&fd) {
+                    if std::mem::take(&mut watch.unread) && !watch.replay_queued {
+                        watch.replay_queued = true;
                         self.replay.push(fd);
                     }
                 } else {
@@ -172,6 +182,7 @@ impl FdWatches {
                     }
                     watch.registered = interest;
                     watch.rearm_owed = false;
+                    watch.unread = false;
                 }
                 if was_parked {
                     self.active += 1;
@@ -193,6 +204,8 @@ impl FdWatches {
                     level,
                     registered,
                     rearm_owed: false,
+                    replay_queued: false,
+                    unread: false,
                 };
                 self.watches.insert(fd, watch);
                 self.active += 1;
@@ -209,6 +222,10 @@ impl FdWatches {
             Side::Write => watch.writer.take(),
         };
         removed.as_ref()?;
+        if side == Side::Read {
+            // Unless its owner says otherwise (`reader_drained`).
+            watch.unread = true;
+        }
         let interest = watch.interest();
         if !interest.readable && !interest.writable {
             self.active -= 1;
@@ -232,8 +249,10 @@ impl FdWatches {
         let Some(w) = self.watches.remove(&fd) else {
             return Vec::new();
         };
-        // A number queued for a replay may be reused by another file before the poll.
-        self.replay.retain(|&r| r != fd);
+        if w.replay_queued {
+            // The number may be reused by another file before the poll.
+            self.replay.retain(|&r| r != fd);
+        }
         let _ = self.registrar.deregister(fd);
         let handles: Vec<_> = w.reader.into_iter().chain(w.writer).collect();
         if !handles.is_empty() {
@@ -245,11 +264,17 @@ impl FdWatches {
     /// Queues the handles an event makes ready; cancelled ones are left out.
     pub fn dispatch(&mut self, py: Python<'_>, ev: Readiness, ready: &mut ReadyQueue<Py<Handle>>) {
         let fd = ev.token as RawFd;
-        let Some(watch) = self.watches.get(&fd) else {
+        let Some(watch) = self.watches.get_mut(&fd) else {
             return;
         };
         if ev.readable {
+            if watch.reader.is_none() {
+                watch.unread = true;
+            }
             if let Some(r) = &watch.reader {
+                // This run of the reader is also the replay it may have asked for: two
+                // runs in a row would make the second read whatever trickled in between.
+                watch.replay_queued = false;
                 if !r.get().is_cancelled() {
                     ready.push(r.clone_ref(py));
                 }
@@ -269,29 +294,49 @@ impl FdWatches {
         }
     }
 
-    /// Queues the readers resumed since the last poll ([`Trigger::Resume`]), as if the
-    /// poll had reported their descriptors readable. True when it queued any: the poll
-    /// must then not wait.
-    pub fn queue_replays(&mut self, py: Python<'_>, ready: &mut ReadyQueue<Py<Handle>>) -> bool {
-        if self.replay.is_empty() {
-            return false;
+    /// Records that the reader just removed from `fd` had emptied it after its last
+    /// event: its owner read until the kernel had nothing left, in this loop pass, after
+    /// the poll that reported it. A resume then needs neither a replay nor a re-arm.
+    pub fn reader_drained(&mut self, fd: RawFd) {
+        if let Some(w) = self.watches.get_mut(&fd) {
+            if w.reader.is_none() {
+                w.unread = false;
+            }
         }
-        let mut queued = false;
+    }
+
+    /// True when some reader waits for a replay: the next poll must not block.
+    #[inline]
+    pub fn replay_pending(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    /// Queues the readers resumed since the last poll that the poll did not report, as
+    /// if it had reported them readable. Called after the poll's events were dispatched.
+    pub fn queue_replays(&mut self, py: Python<'_>, ready: &mut ReadyQueue<Py<Handle>>) {
         for fd in self.replay.drain(..) {
-            // A reader paused again before this poll is not run; its next resume replays.
-            let reader = self.watches.get(&fd).and_then(|w| w.reader.as_ref());
-            if let Some(r) = reader {
+            let Some(w) = self.watches.get_mut(&fd) else {
+                continue;
+            };
+            if !std::mem::replace(&mut w.replay_queued, false) {
+                continue; // the poll reported it
+            }
+            // A reader paused before this poll is not run; its resume replays.
+            if let Some(r) = &w.reader {
                 if !r.get().is_cancelled() {
                     ready.push(r.clone_ref(py));
-                    queued = true;
                 }
             }
         }
-        queued
     }
 
     /// Makes the next poll report `fd` again if it is still ready: an edge-triggered
-    /// watcher that stopped before draining its descriptor asks for this.
+    /// watcher that stopped before draining its descriptor asks for this. (Running the
+    /// reader after the next poll instead, as a resume does, saves the system call
+    /// when data is left, but costs a wasted read, and a wasted `get_buffer()` call for
+    /// a `BufferedProtocol`, when the read that filled its buffer had emptied the
+    /// socket: a 1 MiB BufferedProtocol echo, four full 256 KiB reads per message,
+    /// served about 10% less.)
     pub fn request_rearm(&mut self, fd: RawFd) {
         self.fired.push(fd);
     }

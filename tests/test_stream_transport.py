@@ -64,6 +64,7 @@ class BufferedCollect(asyncio.BufferedProtocol):
         self.data = bytearray()
         self.eof = False
         self.transport = None
+        self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -78,7 +79,8 @@ class BufferedCollect(asyncio.BufferedProtocol):
         self.eof = True
 
     def connection_lost(self, exc):
-        pass
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
 
 class GivesBuffer(asyncio.BufferedProtocol):
@@ -639,6 +641,36 @@ def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop):
     run(loop, main())
 
 
+def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(loop):
+    # The pause comes in data_received of a read that left nothing behind, so nothing
+    # was unread when reading stopped; the next message arrives, and is polled, while
+    # the transport is paused, and the peer then stays silent.
+    class PauseOnFirst(Collect):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, PauseOnFirst)
+        await loop.sock_sendall(peer, b"first")
+        await asyncio.wait_for(until(lambda: pr.data == b"first"), 5)
+        assert not tr.is_reading()
+        await loop.sock_sendall(peer, b"second")
+        sock = tr.get_extra_info("socket")
+        await asyncio.wait_for(until(lambda: unread(sock.fileno()) == len(b"second")), 5)
+        with PollsForReal(loop):
+            for _ in range(3):
+                await asyncio.sleep(0)  # polls that report the socket while it is paused
+        assert pr.data == b"first"
+        tr.resume_reading()
+        await asyncio.wait_for(until(lambda: pr.data == b"firstsecond"), 5)
+        tr.close()
+        peer.close()
+        await asyncio.wait_for(pr.lost, 5)
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize("resume_in", ["call_soon", "data_received"])
 def test_pausing_in_every_read_loses_neither_data_nor_eof(loop, resume_in):
     # A protocol that pauses in each data_received and resumes from the next callback
@@ -984,15 +1016,17 @@ def test_bulk_reads_deliver_every_byte(loop):
     run(loop, main())
 
 
-def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop):
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop, buffered):
     # Everything is queued before the transport exists and the peer then stays silent,
     # so the one readiness edge must carry the whole backlog: the transport stops after
-    # a few bulk reads per event and must ask the next poll to report the rest.
+    # a few bulk reads per event (one buffer's worth for a BufferedProtocol) and must
+    # read on after the next poll, which reports nothing new.
     data = PAYLOAD * 2 + PAYLOAD[:300_000]  # a run stops after eight 250 KiB reads
     a, b = backlogged_pair(data)
 
     async def main():
-        tr, pr = await receive_all(loop, a, len(data))
+        tr, pr = await receive_all(loop, a, len(data), buffered=buffered)
         assert pr.data == data
         tr.close()
         await asyncio.wait_for(pr.lost, 5)

@@ -225,6 +225,9 @@ struct State {
     /// The size of the last run of reads when it was one large read that emptied the
     /// socket (0 otherwise): a TCP peer exchanging messages of one size.
     one_read: usize,
+    /// The loop pass ([`Loop::pass`]) in which the last read found the socket emptied
+    /// (0: it did not): a pause then leaves nothing unread behind it.
+    drained_in: u64,
     /// The size of the last read when it was small (0 otherwise): the next small read
     /// goes straight into a recycled `bytes` about that large, if the pool has one.
     small_read: usize,
@@ -424,6 +427,7 @@ pub(crate) fn start_stream_transport<'py>(
                 eof_sent: false,
                 bulk: false,
                 one_read: 0,
+                drained_in: 0,
                 small_read: 0,
                 conn_lost: 0,
                 paused: false,
@@ -1137,7 +1141,11 @@ impl StreamTransport {
             })
         };
         let one_read = if first { emptied_by } else { 0 };
-        this.st.with(py, |s| s.one_read = one_read);
+        let drained_in = if again { 0 } else { lp.pass() };
+        this.st.with(py, |s| {
+            s.one_read = one_read;
+            s.drained_in = drained_in;
+        });
         if let Ok(Some(((data, _), _))) = &read {
             let len = data.as_bytes().len();
             let bulk = len >= BULK_READ;
@@ -1591,7 +1599,11 @@ impl StreamTransport {
             true
         });
         if pause {
+            let drained_in = self.st.with(py, |s| s.drained_in);
             self.stop_reading_watch(py);
+            if drained_in == self.lp.get().pass() {
+                self.lp.get().reader_drained(py, self.fd);
+            }
             if self.lp.get().is_debug() {
                 py_refs::logger(py)?
                     .call_method1("debug", ("%r pauses reading", self.proxy(py)))?;
@@ -1611,7 +1623,15 @@ impl StreamTransport {
             true
         });
         if resume {
-            Self::start_reading_watch(slf, Trigger::Resume)?;
+            // A replayed read that finds nothing costs a BufferedProtocol a wasted
+            // get_buffer() call, more than the re-arm it saves.
+            let buffered = this.st.with(py, |s| s.buffered);
+            let trigger = if buffered {
+                Trigger::Edge
+            } else {
+                Trigger::Resume
+            };
+            Self::start_reading_watch(slf, trigger)?;
             if this.lp.get().is_debug() {
                 py_refs::logger(py)?
                     .call_method1("debug", ("%r resumes reading", this.proxy(py)))?;
