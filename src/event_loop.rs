@@ -333,7 +333,9 @@ impl Loop {
     /// watched descriptor fired (it must be re-armed after the callbacks ran).
     fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
         self.flush_transports(py)?;
-        self.polls.fetch_add(1, Ordering::Relaxed);
+        // Only the loop's thread writes it: no atomic read-modify-write needed.
+        self.polls
+            .store(self.polls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // Resumed readers run after this poll as if it had reported them (those it
         // reports run once): it must not wait.
         let replays = self

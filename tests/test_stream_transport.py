@@ -610,18 +610,39 @@ class PollsForReal:
         self.b.close()
 
 
+def reading_through(protocol_class, buffered):
+    """`protocol_class` (a Collect) as it is, or as a BufferedProtocol that hands each
+    read to its `data_received`: the transport reads differently for the two."""
+    if not buffered:
+        return protocol_class
+
+    class Buffered(protocol_class, asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint):
+            self.buf = bytearray(65536)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.data_received(bytes(self.buf[:nbytes]))
+
+    return Buffered
+
+
+BUFFERED_OR_NOT = pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+
+
 def peer_has_finished(sock):
     """True once a TCP socket has received its peer's FIN (its state is CLOSE_WAIT)."""
     tcp_close_wait = 8
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == tcp_close_wait
 
 
-def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop):
+@BUFFERED_OR_NOT
+def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop, buffered):
     # Both arrive, and are polled, while the transport is paused: whatever the loop did
     # with those readiness reports then, resuming must deliver the data and the end of
     # file without any new event from the peer.
     async def main():
-        tr, pr, peer = await tcp_pair(loop, Collect)
+        tr, pr, peer = await tcp_pair(loop, reading_through(Collect, buffered))
         tr.pause_reading()
         await loop.sock_sendall(peer, b"sent while paused")
         peer.shutdown(socket.SHUT_WR)
@@ -641,7 +662,8 @@ def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop):
     run(loop, main())
 
 
-def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(loop):
+@BUFFERED_OR_NOT
+def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(loop, buffered):
     # The pause comes in data_received of a read that left nothing behind, so nothing
     # was unread when reading stopped; the next message arrives, and is polled, while
     # the transport is paused, and the peer then stays silent.
@@ -651,7 +673,7 @@ def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(
             self.transport.pause_reading()
 
     async def main():
-        tr, pr, peer = await tcp_pair(loop, PauseOnFirst)
+        tr, pr, peer = await tcp_pair(loop, reading_through(PauseOnFirst, buffered))
         await loop.sock_sendall(peer, b"first")
         await asyncio.wait_for(until(lambda: pr.data == b"first"), 5)
         assert not tr.is_reading()
@@ -671,8 +693,9 @@ def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(
     run(loop, main())
 
 
+@BUFFERED_OR_NOT
 @pytest.mark.parametrize("resume_in", ["call_soon", "data_received"])
-def test_pausing_in_every_read_loses_neither_data_nor_eof(loop, resume_in):
+def test_pausing_in_every_read_loses_neither_data_nor_eof(loop, resume_in, buffered):
     # A protocol that pauses in each data_received and resumes from the next callback
     # (or at once, from inside data_received), while the peer sends more than a read
     # takes and then ends: the end of file arrives with data the paused reader left.
@@ -686,7 +709,7 @@ def test_pausing_in_every_read_loses_neither_data_nor_eof(loop, resume_in):
                 self.transport.resume_reading()
 
     async def main():
-        tr, pr, peer = await tcp_pair(loop, PauseEachRead)
+        tr, pr, peer = await tcp_pair(loop, reading_through(PauseEachRead, buffered))
         with PollsForReal(loop):
             await loop.sock_sendall(peer, PAYLOAD)
             peer.shutdown(socket.SHUT_WR)
@@ -1016,7 +1039,7 @@ def test_bulk_reads_deliver_every_byte(loop):
     run(loop, main())
 
 
-@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+@BUFFERED_OR_NOT
 def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop, buffered):
     # Everything is queued before the transport exists and the peer then stays silent,
     # so the one readiness edge must carry the whole backlog: the transport stops after

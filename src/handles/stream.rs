@@ -1309,6 +1309,12 @@ impl StreamTransport {
                 return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
         };
+        let emptied = match &read {
+            Ok((n, cut)) => *n > 0 && *n < len && !cut,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        };
+        let drained_in = if emptied { this.lp.get().pass() } else { 0 };
+        this.st.with(py, |s| s.drained_in = drained_in);
         Self::finish_read(
             slf,
             read.map(|(n, cut)| (n > 0).then_some((n, cut || n == len))),
@@ -1623,15 +1629,7 @@ impl StreamTransport {
             true
         });
         if resume {
-            // A replayed read that finds nothing costs a BufferedProtocol a wasted
-            // get_buffer() call, more than the re-arm it saves.
-            let buffered = this.st.with(py, |s| s.buffered);
-            let trigger = if buffered {
-                Trigger::Edge
-            } else {
-                Trigger::Resume
-            };
-            Self::start_reading_watch(slf, trigger)?;
+            Self::start_reading_watch(slf, Trigger::Resume)?;
             if this.lp.get().is_debug() {
                 py_refs::logger(py)?
                     .call_method1("debug", ("%r resumes reading", this.proxy(py)))?;
