@@ -610,6 +610,13 @@ class PollsForReal:
         self.b.close()
 
 
+async def polls_for_real(loop, n=3):
+    """Runs `n` loop iterations that each poll the kernel."""
+    with PollsForReal(loop):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+
 def reading_through(protocol_class, buffered):
     """`protocol_class` (a Collect) as it is, or as a BufferedProtocol that hands each
     read to its `data_received`: the transport reads differently for the two."""
@@ -649,9 +656,7 @@ def test_resume_reading_delivers_data_and_eof_that_came_while_paused(loop, buffe
         sock = tr.get_extra_info("socket")
         await asyncio.wait_for(until(lambda: peer_has_finished(sock)), 5)
         assert unread(sock.fileno()) == len(b"sent while paused")
-        with PollsForReal(loop):
-            for _ in range(3):
-                await asyncio.sleep(0)  # polls that report the socket while it is paused
+        await polls_for_real(loop)  # which report the socket while it is paused
         assert pr.data == b"" and "eof" not in pr.events
         tr.resume_reading()
         await asyncio.wait_for(pr.lost, 5)
@@ -680,9 +685,7 @@ def test_resume_reading_delivers_data_that_came_after_a_read_emptied_the_socket(
         await loop.sock_sendall(peer, b"second")
         sock = tr.get_extra_info("socket")
         await asyncio.wait_for(until(lambda: unread(sock.fileno()) == len(b"second")), 5)
-        with PollsForReal(loop):
-            for _ in range(3):
-                await asyncio.sleep(0)  # polls that report the socket while it is paused
+        await polls_for_real(loop)  # which report the socket while it is paused
         assert pr.data == b"first"
         tr.resume_reading()
         await asyncio.wait_for(until(lambda: pr.data == b"firstsecond"), 5)
@@ -1044,7 +1047,7 @@ def test_a_backlog_past_one_events_reads_is_read_without_new_edges(loop, buffere
     # Everything is queued before the transport exists and the peer then stays silent,
     # so the one readiness edge must carry the whole backlog: the transport stops after
     # a few bulk reads per event (one buffer's worth for a BufferedProtocol) and must
-    # read on after the next poll, which reports nothing new.
+    # ask the next poll to report the rest.
     data = PAYLOAD * 2 + PAYLOAD[:300_000]  # a run stops after eight 250 KiB reads
     a, b = backlogged_pair(data)
 
