@@ -1021,6 +1021,50 @@ def test_a_larger_message_after_equal_ones_is_read_whole(loop):
     run(loop, main())
 
 
+class CollectChunks(Collect):
+    """Also records the size of every `data_received` call."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.sizes.append(len(data))
+
+
+def test_messages_of_changing_sizes_each_come_in_one_read(loop):
+    # Each message waits whole in the socket before the transport reads it, and fits one
+    # read: every one is delivered by one data_received, as asyncio delivers it. A
+    # transport that sized a read by the previous message alone (a guess, to spare
+    # asking the kernel) cut a larger message in two and over-allocated for a smaller
+    # one; only a size seen twice running is worth guessing.
+    sizes = [100_000, 150_000, 120_000, 200_000, 64_000, 90_000]
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, CollectChunks)
+        sock = tr.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        fd = sock.fileno()
+        expected = b""
+        for size in sizes:
+            msg = PAYLOAD[-size:]
+            tr.pause_reading()
+            await loop.sock_sendall(peer, msg)
+            await asyncio.wait_for(until(lambda n=size: unread(fd) == n), 5)
+            tr.resume_reading()
+            expected += msg
+            total = len(expected)
+            await asyncio.wait_for(until(lambda n=total: len(pr.data) == n), 5)
+        assert pr.data == expected
+        assert pr.sizes == sizes
+        tr.close()
+        peer.close()
+        await pr.lost
+
+    run(loop, main())
+
+
 def test_bulk_reads_deliver_every_byte(loop):
     # A backlog bigger than one read: full reads, then the short one that ends them.
     async def main():

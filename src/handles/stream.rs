@@ -225,6 +225,9 @@ struct State {
     /// The size of the last run of reads when it was one large read that emptied the
     /// socket (0 otherwise): a TCP peer exchanging messages of one size.
     one_read: usize,
+    /// The last two runs of reads were one read each, of the same size (`one_read`):
+    /// only then is the next read's size guessed rather than asked of the kernel.
+    one_read_repeats: bool,
     /// The loop pass ([`Loop::pass`]) in which the last read found the socket emptied
     /// (0: it did not): a pause then leaves nothing unread behind it.
     drained_in: u64,
@@ -427,6 +430,7 @@ pub(crate) fn start_stream_transport<'py>(
                 eof_sent: false,
                 bulk: false,
                 one_read: 0,
+                one_read_repeats: false,
                 drained_in: 0,
                 small_read: 0,
                 conn_lost: 0,
@@ -1076,12 +1080,19 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lp = this.lp.get();
-        let (bulk, one_read, small_read) = this.st.with(py, |s| (s.bulk, s.one_read, s.small_read));
-        // A TCP peer whose last message came in one read most likely sends the same size
-        // again: a read one byte larger than that needs no count from the kernel, since
-        // a short TCP read means the socket is empty (an ioctl saved per message, 2% of
-        // a 64 KiB echo's server time). A Unix read may stop short with data left.
-        let guess = if first && one_read > 0 && !this.cut_reads {
+        let (bulk, one_read, repeats, small_read) = this.st.with(py, |s| {
+            (s.bulk, s.one_read, s.one_read_repeats, s.small_read)
+        });
+        // A TCP peer whose last two messages came in one read each, of one size, most
+        // likely sends that size again: a read one byte larger needs no count from the
+        // kernel, since a short TCP read means the socket is empty (an ioctl saved per
+        // message, 2% of a 64 KiB echo's server time). A Unix read may stop short with
+        // data left. One message is not enough to go on: a stream cut into reads of
+        // varying sizes (a 1 MiB echo through asyncio streams) made most guesses miss,
+        // each a read too small or a `bytes` shrunk by `realloc`, and the freed tails
+        // churned the heap's top (16-18 page faults per message without guesses, 30-48
+        // with them; 10-25% of the throughput).
+        let guess = if first && repeats && one_read > 0 && !this.cut_reads {
             (one_read + 1).min(MAX_READ)
         } else {
             0
@@ -1143,6 +1154,7 @@ impl StreamTransport {
         let one_read = if first { emptied_by } else { 0 };
         let drained_in = if again { 0 } else { lp.pass() };
         this.st.with(py, |s| {
+            s.one_read_repeats = one_read > 0 && one_read == s.one_read;
             s.one_read = one_read;
             s.drained_in = drained_in;
         });
