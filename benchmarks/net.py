@@ -16,7 +16,10 @@ driven, and stay up for all rounds. For each size in turn (connrate last), every
 `--rounds` rounds drives each of them once, in a shuffled order, so the figures a ratio
 compares are measured seconds apart: this machine's speed drifts by several per cent over
 minutes. Each row reports its best round (highest rps). Ratios are against the best of
-uvloop and rloop for the same row, and against the ceiling for the same size. A second
+uvloop and rloop for the same row, and against the ceiling for the same size. Beside the
+best-round ratio, each row gives its rounds paired: per round, its rps over the best of
+uvloop's and rloop's in that same round (measured seconds apart), as the median over the
+rounds with their range, which one lucky or unlucky round cannot move. A second
 table gives, per loop and size, `header_body`'s best rps over `one_write`'s: the same
 server work with the reply sent in two writes or in one, so the ratio is what a second
 write costs that loop.
@@ -427,6 +430,32 @@ def ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}x"
 
 
+def paired_ratios(row: Row, by_key: dict[tuple[str, str, int, str], Row]) -> list[float]:
+    """Per round, the row's rps over the best reference loop's rps in that same round.
+
+    A round drives every server of a size seconds apart, so these ratios are paired: a
+    slow or fast spell of the machine moves both sides of each one. The best-round ratio
+    compares rounds that may be minutes apart, and one lucky round decides it."""
+    refs = [by_key.get((row.kind, row.transport, row.size, loop)) for loop in REFERENCE_LOOPS]
+    per_round: dict[int, float] = {}
+    for ref in refs:
+        for r in ref.rounds if ref else []:
+            per_round[r["round"]] = max(per_round.get(r["round"], 0.0), r["rps"])
+    return [r["rps"] / per_round[r["round"]] for r in row.rounds if per_round.get(r["round"])]
+
+
+def paired_cell(ratios: list[float]) -> str:
+    """Median of the paired ratios, with their range."""
+    if not ratios:
+        return "-"
+    ordered = sorted(ratios)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    if len(ordered) == 1:
+        return f"{median:.2f}x"
+    return f"{median:.2f}x ({ordered[0]:.2f}-{ordered[-1]:.2f})"
+
+
 def table(rows: list[Row], loops: list[str]) -> str:
     by_key = {row.key: row for row in rows}
 
@@ -437,9 +466,10 @@ def table(rows: list[Row], loops: list[str]) -> str:
 
     header = (
         "| kind | size | loop | rps | MiB/s | p99 µs | server CPU µs/req "
-        "| vs best of uvloop/rloop | vs ceiling |"
+        "| vs best of uvloop/rloop | same round vs best of uvloop/rloop, median (range) "
+        "| vs ceiling |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     order = {name: i for i, name in enumerate([*loops, CEILING])}
     kind_order = {name: i for i, name in enumerate([*KINDS, "native", CONNRATE])}
     kinds = sorted(
@@ -453,7 +483,7 @@ def table(rows: list[Row], loops: list[str]) -> str:
             cells = [row.label, size_label(row.size), row.loop]
             best = row.best()
             if best is None:
-                cells += ["unsupported" if row.unsupported() else "FAILED", "", "", "", "", ""]
+                cells += ["unsupported" if row.unsupported() else "FAILED", "", "", "", "", "", ""]
             else:
                 refs = [best_rps(row.kind, transport, row.size, loop) for loop in REFERENCE_LOOPS]
                 ref = max((r for r in refs if r), default=None)
@@ -466,6 +496,7 @@ def table(rows: list[Row], loops: list[str]) -> str:
                     f"{best['p99_us']:,.0f}",
                     f"{best['server_cpu_us']:,.1f}",
                     ratio(best["rps"], ref),
+                    paired_cell(paired_ratios(row, by_key)),
                     ratio(best["rps"], ceil),
                 ]
             lines.append("| " + " | ".join(cells) + " |")
