@@ -1024,6 +1024,19 @@ impl Loop {
         Self::unwatch(slf, Side::Write, fd, false)
     }
 
+    /// Drops every watch of `fd`, and its poller registration, parked or not: for a
+    /// server about to close a listening socket whose acceptor watched it edge-triggered
+    /// (`_remove_reader` parks such a registration, which a closed descriptor that was
+    /// duplicated would keep alive).
+    fn _forget_fd(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fd = fileobj_to_fd(fd)?;
+        let this = slf.get();
+        if !this.closed.load(Ordering::Relaxed) {
+            this.forget_fd(slf.py(), fd);
+        }
+        Ok(())
+    }
+
     /// asyncio's `_ensure_fd_no_transport`.
     fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
         let fd = fileobj_to_fd(fd)?;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import socket
 
 import pytest
 
@@ -118,3 +119,29 @@ def run_for(loop, seconds: float) -> None:
     happen)."""
     loop.call_later(seconds, loop.stop)
     loop.run_forever()
+
+
+class PollsForReal:
+    """Watches one end of an idle socket pair, so that every loop iteration meanwhile
+    polls the kernel (with nothing watched, a loop with callbacks ready may skip the
+    poll) and takes the readiness reports of everything registered."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.a, self.b = socket.socketpair()
+
+    def __enter__(self):
+        self.loop.add_reader(self.a, lambda: None)
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.remove_reader(self.a)
+        self.a.close()
+        self.b.close()
+
+
+async def polls_for_real(loop, n=3):
+    """Runs `n` loop iterations that each poll the kernel."""
+    with PollsForReal(loop):
+        for _ in range(n):
+            await asyncio.sleep(0)

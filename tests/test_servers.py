@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import run
+from conftest import polls_for_real, run
 
 
 class Echo(asyncio.Protocol):
@@ -69,6 +69,73 @@ def test_server_api(loop):
             await echo_once(loop, addr)
 
     run(loop, main())
+
+
+def test_connections_queued_past_one_batch_are_all_accepted(loop):
+    # `backlog` also bounds how many connections one readiness report accepts, as in
+    # asyncio. Three wait in the queue before serving starts and no more come: every
+    # one must be accepted, though the first report's batch stops after two.
+    async def main():
+        made = []
+
+        class Count(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.append(transport)
+
+        sock = socket.create_server(("127.0.0.1", 0), backlog=2)
+        clients = [socket.create_connection(sock.getsockname(), timeout=5) for _ in range(3)]
+        try:
+            server = await loop.create_server(Count, sock=sock, backlog=2)
+            await asyncio.wait_for(until(lambda: len(made) == 3), 5)
+            server.close()
+            for t in made:
+                t.close()
+            await server.wait_closed()
+        finally:
+            for c in clients:
+                c.close()
+
+    run(loop, main())
+
+
+def test_a_closed_servers_socket_reports_nothing_to_the_next_owner_of_its_number(loop):
+    # The listening socket has a duplicate, so closing it leaves its file open and
+    # listening. Once the server is closed, nothing about that file may reach whoever
+    # is given the descriptor's number next.
+    async def main():
+        sock = socket.create_server(("127.0.0.1", 0))
+        dup = sock.dup()
+        number = sock.fileno()
+        try:
+            server = await loop.create_server(Echo, sock=sock)
+            server.close()
+            await server.wait_closed()
+            a, b = socket.socketpair()
+            try:
+                if number not in (a.fileno(), b.fileno()):
+                    pytest.skip("the descriptor's number went elsewhere")
+                mine = a if a.fileno() == number else b
+                calls = []
+                loop.add_reader(mine, calls.append, "reported")
+                client = socket.create_connection(dup.getsockname(), timeout=5)
+                try:
+                    await polls_for_real(loop)
+                    assert calls == []
+                finally:
+                    loop.remove_reader(mine)
+                    client.close()
+            finally:
+                a.close()
+                b.close()
+        finally:
+            dup.close()
+
+    run(loop, main())
+
+
+async def until(condition):
+    while not condition():
+        await asyncio.sleep(0)
 
 
 def test_start_serving_later(loop):

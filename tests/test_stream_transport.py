@@ -19,7 +19,7 @@ import types
 import weakref
 
 import pytest
-from conftest import run, run_until
+from conftest import PollsForReal, polls_for_real, run, run_until
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB with a pattern a lost or moved byte breaks
 
@@ -589,32 +589,6 @@ def test_pause_and_resume_reading(loop):
         await pr.lost
 
     run(loop, main())
-
-
-class PollsForReal:
-    """Watches one end of an idle socket pair, so that every loop iteration meanwhile
-    polls the kernel (with nothing watched, a loop with callbacks ready may skip the
-    poll) and takes the readiness reports of everything registered."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.a, self.b = socket.socketpair()
-
-    def __enter__(self):
-        self.loop.add_reader(self.a, lambda: None)
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.remove_reader(self.a)
-        self.a.close()
-        self.b.close()
-
-
-async def polls_for_real(loop, n=3):
-    """Runs `n` loop iterations that each poll the kernel."""
-    with PollsForReal(loop):
-        for _ in range(n):
-            await asyncio.sleep(0)
 
 
 def reading_through(protocol_class, buffered):

@@ -228,6 +228,8 @@ class Acceptor:
         backlog: int,
         args: tuple[Any, ...],
     ) -> None: ...
+    def start(self) -> None:
+        """Watches the listening socket (edge-triggered) with this acceptor."""
     def __call__(self) -> None: ...
 
 class SockWaiter:

@@ -195,13 +195,16 @@ class ServerMixin:
         if sslcontext is None and type(sock) is socket.socket:
             # Plain connections on a plain socket: accepted natively. A socket subclass
             # may override accept(), so it keeps the Python path that calls it.
-            callback = _oxio.Acceptor(self, sock, protocol_factory, server, backlog, args)
-            self._add_reader(sock.fileno(), callback)
+            _oxio.Acceptor(self, sock, protocol_factory, server, backlog, args).start()
         else:
             self._add_reader(sock.fileno(), self._accept_connection, *args)
 
     def _stop_serving(self, sock):
-        self._remove_reader(sock.fileno())
+        fd = sock.fileno()
+        self._remove_reader(fd)
+        # The native acceptor's registration is parked by _remove_reader, not deleted;
+        # it must not outlive the socket (a duplicate of it would keep it in epoll).
+        self._forget_fd(fd)
         sock.close()
 
     def _accept_connection(
