@@ -145,3 +145,10 @@ async def polls_for_real(loop, n=3):
     with PollsForReal(loop):
         for _ in range(n):
             await asyncio.sleep(0)
+
+
+async def until(condition):
+    """Returns once `condition()` holds, looking once per loop iteration (the caller
+    bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0)

@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import polls_for_real, run
+from conftest import polls_for_real, run, until
 
 
 class Echo(asyncio.Protocol):
@@ -106,15 +106,14 @@ def test_a_closed_servers_socket_reports_nothing_to_the_next_owner_of_its_number
         sock = socket.create_server(("127.0.0.1", 0))
         dup = sock.dup()
         number = sock.fileno()
+        a, b = socket.socketpair()  # made first, so that neither takes the number
         try:
             server = await loop.create_server(Echo, sock=sock)
             server.close()
             await server.wait_closed()
-            a, b = socket.socketpair()
+            # The number's next owner: a socket placed on it.
+            mine = socket.socket(fileno=os.dup2(a.fileno(), number))
             try:
-                if number not in (a.fileno(), b.fileno()):
-                    pytest.skip("the descriptor's number went elsewhere")
-                mine = a if a.fileno() == number else b
                 calls = []
                 loop.add_reader(mine, calls.append, "reported")
                 client = socket.create_connection(dup.getsockname(), timeout=5)
@@ -125,17 +124,13 @@ def test_a_closed_servers_socket_reports_nothing_to_the_next_owner_of_its_number
                     loop.remove_reader(mine)
                     client.close()
             finally:
-                a.close()
-                b.close()
+                mine.close()
         finally:
+            a.close()
+            b.close()
             dup.close()
 
     run(loop, main())
-
-
-async def until(condition):
-    while not condition():
-        await asyncio.sleep(0)
 
 
 def test_start_serving_later(loop):

@@ -19,7 +19,7 @@ import types
 import weakref
 
 import pytest
-from conftest import PollsForReal, polls_for_real, run, run_until
+from conftest import PollsForReal, polls_for_real, run, run_until, until
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB with a pattern a lost or moved byte breaks
 
@@ -188,13 +188,6 @@ def backlogged_pair(*parts):
 def unread(fd):
     """Bytes waiting in a socket's receive queue."""
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-async def until(condition):
-    """Returns once `condition()` holds, looking once per loop iteration (the caller
-    bounds the wait)."""
-    while not condition():
-        await asyncio.sleep(0)
 
 
 async def receive_all(loop, sock, want, buffered=False):

@@ -200,11 +200,10 @@ class ServerMixin:
             self._add_reader(sock.fileno(), self._accept_connection, *args)
 
     def _stop_serving(self, sock):
-        fd = sock.fileno()
-        self._remove_reader(fd)
-        # The native acceptor's registration is parked by _remove_reader, not deleted;
-        # it must not outlive the socket (a duplicate of it would keep it in epoll).
-        self._forget_fd(fd)
+        # Not _remove_reader: that parks the native acceptor's edge-triggered
+        # registration, which must not outlive the socket (a duplicate of it would keep
+        # it in epoll).
+        self._forget_fd(sock.fileno())
         sock.close()
 
     def _accept_connection(
