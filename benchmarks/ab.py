@@ -34,14 +34,7 @@ sys.path.insert(0, str(HERE))
 from loops import LOOP_NAMES  # noqa: E402
 from net import CLK_TCK, CONNRATE, ROOT, native_binaries, run_loadgen  # noqa: E402
 from net_servers import KINDS  # noqa: E402
-from server_process import Server  # noqa: E402
-
-
-def cpu_split(pid: int) -> tuple[int, int]:
-    """(utime, stime) of the process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
+from server_process import Server, cpu_split  # noqa: E402
 
 
 def private_package(so: Path, tmp: Path) -> Path:
@@ -77,7 +70,7 @@ def one_run(args: argparse.Namespace, loadgen: Path, entry: str, path: Path | No
         after = cpu_split(server.proc.pid)
     finally:
         server.stop()
-    total = max(int(result.get("total_requests") or result["requests"]), 1)
+    total = max(int(result.get("total_requests", result["requests"])), 1)
     per = [(b - a) / CLK_TCK * 1e6 / total for a, b in zip(before, after)]
     return result["rps"], per[0], per[1]
 

@@ -19,11 +19,16 @@ class ServerFailed(Exception):
     pass
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the process (all its threads), in clock ticks."""
+def cpu_split(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the process (all its threads), in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the process (all its threads), in clock ticks."""
+    return sum(cpu_split(pid))
 
 
 class Server:
