@@ -135,6 +135,44 @@ def write_header_body(loop: asyncio.AbstractEventLoop, n: int) -> int:
     return _write_responses(loop, n, (_RESPONSE[:16], _RESPONSE[16:]))
 
 
+def reader_ping_pong(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """n one-byte exchanges over a socket pair between two `add_reader` callbacks: each
+    reads what the other wrote and answers. Every exchange is a readiness event of a
+    level-triggered watch."""
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    done = loop.create_future()
+    left = n
+
+    def on_a() -> None:
+        nonlocal left
+        a.recv(1)
+        left -= 1
+        if left <= 0:
+            done.set_result(None)
+        else:
+            a.send(b"x")
+
+    def on_b() -> None:
+        b.recv(1)
+        b.send(b"x")
+
+    loop.add_reader(a.fileno(), on_a)
+    loop.add_reader(b.fileno(), on_b)
+    a.send(b"x")
+    try:
+        loop.run_until_complete(done)
+    finally:
+        loop.remove_reader(a.fileno())
+        loop.remove_reader(b.fileno())
+        a.close()
+        b.close()
+    return n
+
+
 #: name -> (function, size in a full run, size in a smoke run)
 BENCHMARKS: dict[str, tuple] = {
     "call_soon": (call_soon, 200_000, 200),
@@ -145,4 +183,5 @@ BENCHMARKS: dict[str, tuple] = {
     "gather 50k tasks": (gather_tasks, 50_000, 200),
     "write 1 KiB response": (write_response, 200_000, 200),
     "write header + body": (write_header_body, 200_000, 200),
+    "add_reader ping-pong": (reader_ping_pong, 100_000, 200),
 }

@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::RawFd;
 
-use oxio_core::poller::Registrar;
+use oxio_core::poller::{Registrar, LEVEL_IS_NATIVE};
 use oxio_core::{Interest, Readiness, ReadyQueue};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -46,8 +46,9 @@ impl Hasher for FdHasher {
 struct Watch {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
-    /// asyncio's level-triggered semantics: re-armed after every event. Transports
-    /// register edge-triggered and ask for a re-arm only when they left data unread.
+    /// asyncio's level-triggered semantics: registered level-triggered (re-armed after
+    /// every event where the kernel has no such mode). Transports register
+    /// edge-triggered and ask for a re-arm only when they left data unread.
     level: bool,
     /// What the kernel's registration asks for: the interest of the last `register` or
     /// `reregister`, which a parked entry keeps.
@@ -148,7 +149,6 @@ impl FdWatches {
         handle: Py<Handle>,
         trigger: Trigger,
     ) -> io::Result<Option<Py<Handle>>> {
-        let token = fd as usize;
         let level = trigger == Trigger::Level;
         match self.watches.get_mut(&fd) {
             Some(watch) => {
@@ -172,13 +172,13 @@ impl FdWatches {
                         self.replay.push(fd);
                     }
                 } else {
-                    if let Err(e) = self.registrar.reregister(fd, token, interest) {
+                    if let Err(e) = reregister(&self.registrar, level, fd, interest) {
                         // The descriptor was closed (and so left epoll) and its number
                         // reused: register the new file afresh.
                         if e.raw_os_error() != Some(libc::ENOENT) {
                             return Err(e);
                         }
-                        self.registrar.register(fd, token, interest)?;
+                        register(&self.registrar, level, fd, interest)?;
                     }
                     watch.registered = interest;
                     watch.rearm_owed = false;
@@ -197,7 +197,7 @@ impl FdWatches {
                     Side::Read => (Some(handle), None, Interest::READ),
                     Side::Write => (None, Some(handle), Interest::WRITE),
                 };
-                self.registrar.register(fd, token, registered)?;
+                register(&self.registrar, level, fd, registered)?;
                 let watch = Watch {
                     reader,
                     writer,
@@ -237,7 +237,7 @@ impl FdWatches {
             }
             // An edge-triggered registration is parked: see `watches`.
         } else {
-            let _ = self.registrar.reregister(fd, fd as usize, interest);
+            let _ = reregister(&self.registrar, watch.level, fd, interest);
             watch.registered = interest;
         }
         removed
@@ -288,8 +288,9 @@ impl FdWatches {
             }
         }
         // Edge-triggered watchers drain what they are told about, except an end of
-        // file that arrived with data: re-arm so that the next poll reports it.
-        if watch.level || ev.closed {
+        // file that arrived with data: re-arm so that the next poll reports it. A level
+        // watch is re-armed only where the kernel does not keep it level itself.
+        if (watch.level && !LEVEL_IS_NATIVE) || (!watch.level && ev.closed) {
             self.fired.push(fd);
         }
     }
@@ -355,7 +356,9 @@ impl FdWatches {
                     w.rearm_owed = true; // parked
                     continue;
                 }
-                let _ = self.registrar.rearm(fd, fd as usize, w.interest());
+                if !(w.level && LEVEL_IS_NATIVE) {
+                    let _ = reregister(&self.registrar, w.level, fd, w.interest());
+                }
                 w.rearm_owed = false;
             }
         }
@@ -372,6 +375,25 @@ impl FdWatches {
             out.extend(w.writer);
         }
         out
+    }
+}
+
+/// Registers `fd` (its number is its token) level- or edge-triggered.
+fn register(registrar: &Registrar, level: bool, fd: RawFd, interest: Interest) -> io::Result<()> {
+    if level {
+        registrar.register_level(fd, fd as usize, interest)
+    } else {
+        registrar.register(fd, fd as usize, interest)
+    }
+}
+
+/// Changes `fd`'s registration, level- or edge-triggered. An edge-triggered one is also
+/// re-armed: reported by the next poll if it is ready.
+fn reregister(registrar: &Registrar, level: bool, fd: RawFd, interest: Interest) -> io::Result<()> {
+    if level {
+        registrar.reregister_level(fd, fd as usize, interest)
+    } else {
+        registrar.reregister(fd, fd as usize, interest)
     }
 }
 

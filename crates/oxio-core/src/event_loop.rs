@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::poller::{Interest, Poller, Registrar};
+use crate::poller::{Interest, Poller, Registrar, LEVEL_IS_NATIVE};
 use crate::{clock, Cancellable, ReadyQueue, TimerHeap, Waker, MAXIMUM_POLL_TIMEOUT};
 
 type Callback = Box<dyn FnOnce(&mut EventLoop)>;
@@ -217,9 +217,11 @@ impl EventLoop {
         let mut watch = self.watches.remove(&fd).unwrap_or_default();
         set(&mut watch);
         let result = if existed {
-            self.registrar.reregister(fd, fd as usize, watch.interest())
+            self.registrar
+                .reregister_level(fd, fd as usize, watch.interest())
         } else {
-            self.registrar.register(fd, fd as usize, watch.interest())
+            self.registrar
+                .register_level(fd, fd as usize, watch.interest())
         };
         if result.is_ok() || existed {
             self.watches.insert(fd, watch);
@@ -237,7 +239,7 @@ impl EventLoop {
             self.watches.remove(&fd);
             let _ = self.registrar.deregister(fd);
         } else if removed {
-            let _ = self.registrar.reregister(fd, fd as usize, interest);
+            let _ = self.registrar.reregister_level(fd, fd as usize, interest);
         }
         removed
     }
@@ -295,7 +297,9 @@ impl EventLoop {
                         self.ready.push(Ready::Fd(wr.clone()));
                     }
                 }
-                self.fired.push(fd);
+                if !LEVEL_IS_NATIVE {
+                    self.fired.push(fd);
+                }
             }
         }
         if woken {
@@ -329,8 +333,9 @@ impl EventLoop {
                 None => break,
             }
         }
-        // Level-triggered semantics: re-arm every descriptor that fired and is still
-        // watched, so it is reported again while it stays ready.
+        // Level-triggered semantics where the kernel has no such mode: re-arm every
+        // descriptor that fired and is still watched, so it is reported again while it
+        // stays ready.
         for fd in std::mem::take(&mut self.fired) {
             if let Some(w) = self.watches.get(&fd) {
                 let _ = self.registrar.rearm(fd, fd as usize, w.interest());

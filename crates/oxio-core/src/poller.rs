@@ -66,6 +66,10 @@ pub struct Readiness {
     pub closed: bool,
 }
 
+/// True where [`Registrar::register_level`] is level-triggered in the kernel (epoll);
+/// elsewhere a level-triggered watcher re-arms after each event it was reported.
+pub const LEVEL_IS_NATIVE: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// Registers descriptors with a [`Poller`]; usable from any thread while the poller
 /// itself is blocked in [`Poller::poll`].
 pub struct Registrar {
@@ -96,6 +100,58 @@ impl Registrar {
     #[inline]
     pub fn rearm(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
         self.reregister(fd, token, interest)
+    }
+
+    /// Starts watching `fd` level-triggered where the platform has it natively
+    /// ([`LEVEL_IS_NATIVE`]): every poll reports the descriptor while it is ready, with
+    /// no re-arm. Elsewhere the same as [`Registrar::register`], and the caller re-arms.
+    pub fn register_level(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return self.epoll_ctl(libc::EPOLL_CTL_ADD, fd, token, interest);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return self.register(fd, token, interest);
+    }
+
+    /// Changes what `fd` is watched for, and makes the watch level-triggered as
+    /// [`Registrar::register_level`] does.
+    pub fn reregister_level(&self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return self.epoll_ctl(libc::EPOLL_CTL_MOD, fd, token, interest);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return self.reregister(fd, token, interest);
+    }
+
+    /// mio registers edge-triggered only. A level-triggered entry goes to the same epoll
+    /// instance with mio's event bits minus `EPOLLET` and the token as mio stores it
+    /// (the event's `u64`), so the events mio collects read the same either way.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn epoll_ctl(
+        &self,
+        op: libc::c_int,
+        fd: RawFd,
+        token: usize,
+        interest: Interest,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        interest.to_mio().ok_or_else(invalid_interest)?;
+        let mut events = 0;
+        if interest.readable {
+            events |= libc::EPOLLIN | libc::EPOLLRDHUP;
+        }
+        if interest.writable {
+            events |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: token as u64,
+        };
+        // SAFETY: the registry's descriptor is a live epoll instance for as long as
+        // `self` is; `event` is a valid epoll_event that outlives the call.
+        let rc = unsafe { libc::epoll_ctl(self.registry.as_raw_fd(), op, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Stops watching `fd`. A descriptor that was closed meanwhile has already left the
@@ -196,6 +252,53 @@ mod tests {
         r.rearm(a.as_raw_fd(), 7, Interest::READ).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
         r.deregister(a.as_raw_fd()).unwrap();
+    }
+
+    #[test]
+    fn level_registration_reports_until_drained_without_rearm() {
+        let mut p = Poller::new(16).unwrap();
+        let r = p.registrar().unwrap();
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        r.register_level(a.as_raw_fd(), 9, Interest::READ).unwrap();
+        assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
+        b.write_all(b"xy").unwrap();
+        let mut buf = [0u8; 1];
+        for _ in 0..2 {
+            // Reported at every poll while data is left, with no re-arm in between.
+            assert_eq!(p.poll(Some(Duration::from_secs(5))).unwrap(), 1);
+            let ev: Vec<_> = p.events().collect();
+            assert_eq!(
+                (ev[0].token, ev[0].readable, ev[0].closed),
+                (9, true, false)
+            );
+            assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 1);
+            a.read_exact(&mut buf).unwrap();
+        }
+        assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
+        // Changing the interest keeps it level-triggered.
+        r.reregister_level(a.as_raw_fd(), 9, Interest::BOTH)
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 1);
+            let ev: Vec<_> = p.events().collect();
+            assert!(ev[0].writable && !ev[0].readable);
+        }
+        drop(b);
+        assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 1);
+        assert!(p.events().next().unwrap().closed);
+        r.deregister(a.as_raw_fd()).unwrap();
+        assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
+        let err = r
+            .reregister_level(a.as_raw_fd(), 9, Interest::READ)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        let none = Interest {
+            readable: false,
+            writable: false,
+        };
+        let err = r.register_level(a.as_raw_fd(), 9, none).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
