@@ -1025,9 +1025,9 @@ impl Loop {
     }
 
     /// Drops every watch of `fd`, and its poller registration, parked or not: for a
-    /// server about to close a listening socket whose acceptor watched it edge-triggered
-    /// (`_remove_reader` parks such a registration, which a closed descriptor that was
-    /// duplicated would keep alive).
+    /// server about to close a listening socket that may have been watched edge-triggered
+    /// (by `sock_accept`, say: `_remove_reader` parks such a registration, which a closed
+    /// descriptor that was duplicated would keep alive).
     fn _forget_fd(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
         let fd = fileobj_to_fd(fd)?;
         let this = slf.get();

@@ -71,10 +71,11 @@ def test_server_api(loop):
     run(loop, main())
 
 
-def test_connections_queued_past_one_batch_are_all_accepted(loop):
-    # `backlog` also bounds how many connections one readiness report accepts, as in
-    # asyncio. Three wait in the queue before serving starts and no more come: every
-    # one must be accepted, though the first report's batch stops after two.
+def test_connections_queued_before_serving_are_all_accepted(loop):
+    # Three wait in the queue before serving starts and no more come: every one must be
+    # accepted. oxio's acceptor takes one per readiness report (asyncio's takes up to
+    # `backlog`), so a watch that reported the socket only when a connection arrived
+    # would leave two in the queue.
     async def main():
         made = []
 

@@ -225,11 +225,11 @@ class Acceptor:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         server: Any,
-        backlog: int,
         args: tuple[Any, ...],
     ) -> None: ...
     def start(self) -> None:
-        """Watches the listening socket (edge-triggered) with this acceptor."""
+        """Watches the listening socket (level-triggered) with this acceptor, which
+        accepts one connection each time the loop's poll reports the socket."""
     def __call__(self) -> None: ...
 
 class SockWaiter:

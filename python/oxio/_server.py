@@ -195,14 +195,14 @@ class ServerMixin:
         if sslcontext is None and type(sock) is socket.socket:
             # Plain connections on a plain socket: accepted natively. A socket subclass
             # may override accept(), so it keeps the Python path that calls it.
-            _oxio.Acceptor(self, sock, protocol_factory, server, backlog, args).start()
+            _oxio.Acceptor(self, sock, protocol_factory, server, args).start()
         else:
             self._add_reader(sock.fileno(), self._accept_connection, *args)
 
     def _stop_serving(self, sock):
-        # Not _remove_reader: that parks the native acceptor's edge-triggered
-        # registration, which must not outlive the socket (a duplicate of it would keep
-        # it in epoll).
+        # Not _remove_reader: that would park an edge-triggered registration left on
+        # this socket (by sock_accept, say), which must not outlive the socket (a
+        # duplicate of it would keep it in epoll).
         self._forget_fd(sock.fileno())
         sock.close()
 
