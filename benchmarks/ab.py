@@ -4,7 +4,9 @@
 
 Each entry is a loop name (asyncio, uvloop, rloop, oxio) or the path of a built `_oxio`
 extension module (a copy of `target/release/lib_oxio.so`, say), which then runs as oxio
-from a private copy of the installed package: the installed one is never touched. The
+from a private copy of the installed package: the installed one is never touched. A
+build whose Python side differs too is given as a directory: a copy of the `oxio`
+package (`python/oxio` with its extension module beside it), which runs as it is. The
 entries run one after another, `--runs` times round, each run in a fresh server process
 under the native load generator (server and load generator pinned to their own CPUs, as in
 net.py). Per run it prints requests/s and the server's user and system CPU time per
@@ -37,20 +39,25 @@ from net_servers import KINDS  # noqa: E402
 from server_process import Server, cpu_split  # noqa: E402
 
 
-def private_package(so: Path, tmp: Path) -> Path:
-    """A copy of the installed oxio package whose extension module is `so`; returns the
+def private_package(build: Path, tmp: Path, n: int) -> Path:
+    """A private oxio package for `build`: a copy of the installed package with `build`
+    as its extension module, or, for a directory, a copy of that package. Returns the
     directory to put first on PYTHONPATH."""
-    spec = importlib.util.find_spec("oxio")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("ab.py: oxio is not installed; a build needs its package around it")
-    installed = Path(list(spec.submodule_search_locations)[0])
-    root = tmp / so.name.replace(".", "_")
+    if build.is_dir():
+        source = build
+    else:
+        spec = importlib.util.find_spec("oxio")
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("ab.py: oxio is not installed; a build needs its package around it")
+        source = Path(list(spec.submodule_search_locations)[0])
+    root = tmp / f"build{n}"
     package = root / "oxio"
-    shutil.copytree(installed, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source, package, ignore=shutil.ignore_patterns("__pycache__"))
     modules = list(package.glob("_oxio*.so"))
     if len(modules) != 1:
-        raise SystemExit(f"ab.py: expected one _oxio*.so in {installed}, found {len(modules)}")
-    shutil.copyfile(so, modules[0])
+        raise SystemExit(f"ab.py: expected one _oxio*.so in {source}, found {len(modules)}")
+    if not build.is_dir():
+        shutil.copyfile(build, modules[0])
     return root
 
 
@@ -77,7 +84,11 @@ def one_run(args: argparse.Namespace, loadgen: Path, entry: str, path: Path | No
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("entries", nargs="+", help="loop names or paths of built _oxio modules")
+    p.add_argument(
+        "entries",
+        nargs="+",
+        help="loop names, paths of built _oxio modules, or oxio package directories",
+    )
     p.add_argument("--kind", default="protocol", choices=KINDS)
     p.add_argument("--size", type=int, default=1024, help="message size, bytes")
     p.add_argument("--connrate", action="store_true", help="connect + close cycles instead")
@@ -106,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oxio-ab-") as tmp_name:
         tmp = Path(tmp_name)
         paths: dict[str, Path | None] = {}
-        for entry in args.entries:
+        for n, entry in enumerate(args.entries):
             if entry in LOOP_NAMES:
                 paths[entry] = None
-            elif Path(entry).is_file():
-                paths[entry] = private_package(Path(entry).resolve(), tmp)
+            elif Path(entry).exists():
+                paths[entry] = private_package(Path(entry).resolve(), tmp, n)
             else:
-                raise SystemExit(f"ab.py: {entry!r} is neither a loop nor a file")
+                raise SystemExit(f"ab.py: {entry!r} is neither a loop nor a build")
         # A build is shown by its file name unless two builds share one.
         names = [Path(e).name if paths[e] else e for e in args.entries]
         label = {e: n if names.count(n) == 1 else e for e, n in zip(args.entries, names)}
