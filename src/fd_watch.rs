@@ -356,9 +356,7 @@ impl FdWatches {
                     w.rearm_owed = true; // parked
                     continue;
                 }
-                if !(w.level && LEVEL_IS_NATIVE) {
-                    let _ = reregister(&self.registrar, w.level, fd, w.interest());
-                }
+                let _ = reregister(&self.registrar, w.level, fd, w.interest());
                 w.rearm_owed = false;
             }
         }

@@ -75,34 +75,6 @@ impl Acceptor {
         }
     }
 
-    /// Accepts one pending connection, if there is one.
-    fn accept_pending(&self, py: Python<'_>) -> PyResult<()> {
-        let (fd, addr, len) = match self.accept_one() {
-            Ok(Some(accepted)) => accepted,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let exc = os_error(e).into_value(py);
-                let lp = self.lp.bind(py);
-                let mut args = vec![exc.into_any().into_bound(py)];
-                args.extend(self.args.bind(py).iter());
-                lp.call_method1(intern!(py, "_accept_failed"), PyTuple::new(py, args)?)?;
-                return Ok(());
-            }
-        };
-        match sockaddr_to_py(py, &addr, len)? {
-            Some(peer) => self.start_connection(py, Conn::Fd(fd), peer),
-            None => {
-                // A family not decoded here: the socket object knows its peer.
-                let raw = fd.as_raw_fd();
-                let sock = self.wrap(py, fd)?;
-                let peer = sock
-                    .call_method0(intern!(py, "getpeername"))
-                    .unwrap_or_else(|_| py.None().into_bound(py));
-                self.start_connection(py, Conn::Socket(&sock, raw), peer)
-            }
-        }
-    }
-
     /// Wraps an accepted descriptor in a `socket.socket` (non-blocking, as asyncio's
     /// accepted sockets are), which then owns it. On failure the descriptor is closed.
     fn wrap<'py>(&self, py: Python<'py>, fd: OwnedFd) -> PyResult<Bound<'py, PyAny>> {
@@ -200,9 +172,32 @@ impl Acceptor {
         .map(drop)
     }
 
-    /// The listening socket is readable: accept a connection.
+    /// The listening socket is readable: accept a connection, if one is pending.
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        self.accept_pending(py)
+        let (fd, addr, len) = match self.accept_one() {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let exc = os_error(e).into_value(py);
+                let lp = self.lp.bind(py);
+                let mut args = vec![exc.into_any().into_bound(py)];
+                args.extend(self.args.bind(py).iter());
+                lp.call_method1(intern!(py, "_accept_failed"), PyTuple::new(py, args)?)?;
+                return Ok(());
+            }
+        };
+        match sockaddr_to_py(py, &addr, len)? {
+            Some(peer) => self.start_connection(py, Conn::Fd(fd), peer),
+            None => {
+                // A family not decoded here: the socket object knows its peer.
+                let raw = fd.as_raw_fd();
+                let sock = self.wrap(py, fd)?;
+                let peer = sock
+                    .call_method0(intern!(py, "getpeername"))
+                    .unwrap_or_else(|_| py.None().into_bound(py));
+                self.start_connection(py, Conn::Socket(&sock, raw), peer)
+            }
+        }
     }
 }
 
