@@ -802,6 +802,35 @@ def test_peer_reset_mid_write(loop):
     run(loop, main())
 
 
+def test_data_queued_before_a_reset_is_delivered_then_the_reset(loop):
+    """Bytes the kernel queued ahead of a peer's RST reach data_received, then
+    connection_lost gets the ConnectionResetError: a read that gathers several recv
+    calls must not swallow the error that ends them, nor the data before it."""
+
+    async def main():
+        tr, pr, peer = await tcp_pair(loop, Collect)
+        data = PAYLOAD[:40_000]  # bulk reads' size, within loopback's first window
+        await loop.sock_sendall(peer, data)  # a first bulk read: the next one gathers
+        await until(lambda: len(pr.data) == len(data))
+        tr.pause_reading()
+        await loop.sock_sendall(peer, data)
+        fd = tr.get_extra_info("socket").fileno()
+
+        def queued():
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+        await until(lambda: queued() == len(data))
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        tr.resume_reading()
+        exc = await pr.lost
+        assert isinstance(exc, ConnectionResetError)
+        assert pr.data == data * 2
+        assert "eof" not in pr.events
+
+    run(loop, main())
+
+
 @pytest.mark.parametrize("size", [1, 7, 4096])
 def test_buffered_protocol_receives_every_byte(loop, size):
     async def main():
