@@ -1116,9 +1116,10 @@ impl StreamTransport {
             let spare = lp.with_bytes_pool(py, |pool| pool.take_bulk(guess));
             recv_into_bytes(py, this.fd, guess, spare)?.map(|r| {
                 r.map(|(b, cap)| {
-                    again = b.as_bytes().len() == guess;
+                    let got = b.as_bytes().len();
+                    again = got == guess;
                     if !again {
-                        emptied_by = b.as_bytes().len();
+                        emptied_by = got;
                     }
                     ((b, cap), false)
                 })

@@ -227,12 +227,19 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    /// A poller, its registrar, and a connected socket pair whose first end (the one
+    /// the tests register) is non-blocking.
+    fn poller_and_pair() -> (Poller, Registrar, UnixStream, UnixStream) {
+        let p = Poller::new(16).unwrap();
+        let r = p.registrar().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (p, r, a, b)
+    }
+
     #[test]
     fn reports_readable_and_rearms_level_style() {
-        let mut p = Poller::new(16).unwrap();
-        let r = p.registrar().unwrap();
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
+        let (mut p, r, mut a, mut b) = poller_and_pair();
         r.register(a.as_raw_fd(), 7, Interest::READ).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
         b.write_all(b"xy").unwrap();
@@ -256,10 +263,7 @@ mod tests {
 
     #[test]
     fn level_registration_reports_until_drained_without_rearm() {
-        let mut p = Poller::new(16).unwrap();
-        let r = p.registrar().unwrap();
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
+        let (mut p, r, mut a, mut b) = poller_and_pair();
         r.register_level(a.as_raw_fd(), 9, Interest::READ).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
         b.write_all(b"xy").unwrap();
@@ -303,9 +307,7 @@ mod tests {
 
     #[test]
     fn writable_and_hangup() {
-        let mut p = Poller::new(16).unwrap();
-        let r = p.registrar().unwrap();
-        let (a, b) = UnixStream::pair().unwrap();
+        let (mut p, r, a, b) = poller_and_pair();
         r.register(a.as_raw_fd(), 1, Interest::BOTH).unwrap();
         p.poll(Some(Duration::from_secs(5))).unwrap();
         let ev: Vec<_> = p.events().collect();
